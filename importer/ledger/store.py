@@ -18,7 +18,19 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, Engine, bindparam, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -561,8 +573,6 @@ class Ledger:
             conditions.append(files.c.mapping.in_(list(mappings)))
         if not conditions:
             return None
-        from sqlalchemy import or_
-
         with self._connect() as conn:
             return conn.execute(
                 select(batches.c.import_set_id)
@@ -576,6 +586,17 @@ class Ledger:
                 .order_by(batches.c.file_id.desc(), batches.c.id.desc())
                 .limit(1)
             ).scalar()
+
+    def claimed_import_sets(self, staging_table: str) -> set[str]:
+        """Import sets already matched to a batch of this staging table."""
+        with self._connect() as conn:
+            return set(
+                conn.execute(
+                    select(batches.c.import_set_id)
+                    .join(files, files.c.id == batches.c.file_id)
+                    .where(files.c.staging_table == staging_table, batches.c.import_set_id.is_not(None))
+                ).scalars()
+            )
 
     def record_row_results(self, batch_id: int, outcomes: Sequence[RowResult]) -> int:
         """Record every row's outcome per transform map; the batch becomes complete.

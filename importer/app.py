@@ -1,0 +1,92 @@
+"""Wiring: config -> ledger, instance client (or the embedded sandbox), mappings, Importer.
+
+Kept apart from cli.py so the daemon and the tests build the same thing the commands do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from importer.config import Config
+from importer.ledger import Ledger
+from importer.mapping import Mapping, load_mappings
+from importer.pipeline import Importer
+from importer.servicenow import ClientSettings, InstanceClient
+
+log = logging.getLogger("importer")
+
+
+def client_settings(config: Config) -> ClientSettings:
+    instance = config.instance
+    return ClientSettings(
+        url=instance.url.rstrip("/"),
+        auth=instance.auth,
+        username=instance.username,
+        password=instance.password_value(),
+        client_id=instance.client_id,
+        client_secret=instance.client_secret_value(),
+        grant=instance.grant,
+        timeout_s=instance.timeout_s,
+        verify_tls=instance.verify_tls,
+        retry_attempts=instance.retry_attempts,
+        retry_backoff_s=instance.retry_backoff_s,
+        retry_backoff_max_s=instance.retry_backoff_max_s,
+    )
+
+
+@contextlib.contextmanager
+def instance_client(config: Config, stop_event: threading.Event | None = None) -> Iterator[InstanceClient]:
+    """A client for the configured instance; for ``url = "sandbox"`` the embedded emulator is
+    started in this process for as long as the client is used."""
+    if not config.instance.is_sandbox:
+        with InstanceClient(client_settings(config), stop_event=stop_event) as client:
+            yield client
+        return
+    from importer.sandbox import SandboxServer
+    from importer.sandbox.defaults import IMPORT_PASSWORD, IMPORT_USER
+
+    with SandboxServer() as server:
+        log.info("using the embedded sandbox instance at %s", server.url)
+        settings = ClientSettings(
+            url=server.url,
+            auth="basic",
+            username=IMPORT_USER,
+            password=IMPORT_PASSWORD,
+            timeout_s=config.instance.timeout_s,
+            retry_attempts=config.instance.retry_attempts,
+            retry_backoff_s=config.instance.retry_backoff_s,
+            retry_backoff_max_s=config.instance.retry_backoff_max_s,
+        )
+        with InstanceClient(settings, stop_event=stop_event) as client:
+            yield client
+
+
+def open_ledger(config: Config) -> Ledger:
+    return Ledger(config.paths.ledger_url)
+
+
+def open_mappings(config: Config) -> dict[str, Mapping]:
+    return load_mappings(config.paths.mappings)
+
+
+@dataclass
+class Runtime:
+    config: Config
+    ledger: Ledger
+    client: InstanceClient
+    importer: Importer
+
+
+@contextlib.contextmanager
+def runtime(config: Config, stop_event: threading.Event | None = None) -> Iterator[Runtime]:
+    mappings = open_mappings(config)
+    ledger = open_ledger(config)
+    try:
+        with instance_client(config, stop_event) as client:
+            yield Runtime(config, ledger, client, Importer(config, ledger, client, mappings, stop_event=stop_event))
+    finally:
+        ledger.close()

@@ -1,0 +1,83 @@
+"""`importer check`: dry-run a file through its mapping; compare mappings with the instance."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+from importer.config import Config
+from importer.errors import InputFileError
+from importer.mapping import Mapping, check_headers, find_mapping, translate_row
+from importer.readers import open_source
+
+Echo = Callable[[str], None]
+SHOWN = 10
+
+
+def check_file(mappings: dict[str, Mapping], path: Path, explicit: str | None, echo: Echo) -> int:
+    """Read and translate every row without sending anything. Exit 2: refused; 3: invalid rows."""
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such file")
+    mapping = find_mapping(mappings, PurePosixPath(path.name), explicit)
+    valid = invalid = 0
+    example: dict[str, str] | None = None
+    with open_source(path, csv=mapping.csv, excel=mapping.excel, json=mapping.json) as source:
+        if source.headers is not None:
+            check_headers(mapping, source.headers)
+        for row in source:
+            translated = translate_row(mapping, row)
+            if translated.problem is not None:
+                invalid += 1
+                if invalid <= SHOWN:
+                    echo(f"  row {row.number}: invalid: {translated.problem}")
+                continue
+            valid += 1
+            if example is None:
+                example = translated.record
+    echo(f"{path.name}: mapping {mapping.name} -> {mapping.staging_table}: {valid} rows would be sent, "
+         f"{invalid} invalid")
+    if example is not None:
+        echo(f"  first record as sent: {json.dumps(example, ensure_ascii=False)}")
+    return 3 if invalid else 0
+
+
+def check_remote(config: Config, mappings: dict[str, Mapping], echo: Echo) -> int:
+    """Flag every key a mapping sends that its staging table does not have: ServiceNow drops
+    unknown keys silently and the rows land with those fields empty."""
+    from importer.app import instance_client
+
+    problems = 0
+    with instance_client(config) as client:
+        for name, mapping in sorted(mappings.items()):
+            columns = list(
+                client.query(
+                    "sys_dictionary",
+                    f"name={mapping.staging_table}^elementISNOTEMPTY",
+                    fields=["element", "column_label"],
+                )
+            )
+            if not columns:
+                echo(f"mapping {name}: staging table {mapping.staging_table} has no columns on the instance "
+                     "(does it exist? is the user allowed to read sys_dictionary?)")
+                problems += 1
+                continue
+            field = "column_label" if mapping.key_by == "label" else "element"
+            known = {str(c.get(field, "")) for c in columns}
+            for target in mapping.targets:
+                if target in known:
+                    continue
+                hint = ""
+                lowered = {k.lower(): k for k in known}
+                if target.lower() in lowered:
+                    hint = f" (the table has {lowered[target.lower()]!r}: labels are case-sensitive)"
+                echo(f"mapping {name}: {target!r} is not a {'label' if field == 'column_label' else 'column name'} "
+                     f"of {mapping.staging_table}{hint}; ServiceNow would drop it silently")
+                problems += 1
+            maps = client.count("sys_transform_map", f"source_table={mapping.staging_table}^active=true")
+            if not maps:
+                echo(f"mapping {name}: {mapping.staging_table} has no active transform map; rows would stay in staging")
+                problems += 1
+    if not problems:
+        echo("remote check ok: every mapping key is a column of its staging table")
+    return 2 if problems else 0

@@ -1,0 +1,327 @@
+"""The command line: parse options, call the service, map errors to exit codes in one place."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from importer import __version__
+from importer.config import Config, load_config
+from importer.errors import ImporterError, UsageError
+from importer.ledger import FileState, FileSummary, Ledger, RowState
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_ROWS_FAILED = 3
+
+log = logging.getLogger("importer")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class State:
+    def __init__(self, config_path: Path | None, debug: bool) -> None:
+        self.config_path = config_path
+        self.debug = debug
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+
+def _fail(exc: BaseException, debug: bool) -> NoReturn:
+    """The one place errors become messages and exit codes."""
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, ImporterError):
+        click.echo(f"importer: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    click.echo(
+        f"importer: unexpected {exc.__class__.__name__}: {exc}\n"
+        "This is a bug or an environment problem; run again with --debug for the details.",
+        err=True,
+    )
+    sys.exit(EXIT_FAILURE)
+
+
+def exit_code_for(summaries: Iterable[FileSummary]) -> int:
+    code = EXIT_OK
+    for summary in summaries:
+        state = summary.file.state
+        if state == FileState.REJECTED or summary.rows.get(RowState.ERROR, 0) or summary.rows.get(
+            RowState.INVALID, 0
+        ):
+            code = EXIT_ROWS_FAILED
+        elif state in (FileState.QUEUED, FileState.POSTING) and summary.batches_in_flight:
+            return EXIT_FAILURE  # parked: the instance kept refusing; the daemon would retry
+    return code
+
+
+def _configure_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="importer.toml (default: $IMPORTER_CONFIG, else ./importer.toml, else built-in defaults).")
+@click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
+@click.version_option(__version__, prog_name="importer")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, debug: bool) -> None:
+    """Drop CSV, Excel and JSON files into a folder; they reach ServiceNow through Import Set
+    transforms, and every row's outcome is recorded."""
+    _configure_logging(debug)
+    ctx.obj = State(config_path, debug)
+
+
+def _print_summaries(summaries: list[FileSummary], as_json: bool, ledger: Ledger | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps([s.as_json() for s in summaries], indent=2))
+        return
+    if not summaries:
+        click.echo("no files yet")
+        return
+    for s in summaries:
+        counts = ", ".join(f"{state} {n}" for state, n in sorted(s.rows.items())) or "no rows"
+        flight = f", {s.batches_in_flight} batches in flight" if s.batches_in_flight else ""
+        click.echo(f"#{s.file.id:<5} {s.file.name:<32} {s.file.mapping or '-':<16} {s.file.state:<17} "
+                   f"{counts}{flight}")
+        if s.file.error:
+            click.echo(f"       {s.file.error}")
+        if ledger is not None and (s.rows.get(RowState.ERROR) or s.rows.get(RowState.INVALID)):
+            shown = 0
+            for entry in ledger.report(s.file.id):
+                if entry["state"] in (RowState.ERROR, RowState.INVALID):
+                    click.echo(f"       row {entry['source_row']}: {entry['state']}: {entry['message']}")
+                    shown += 1
+                    if shown == 10:
+                        click.echo(f"       ... see `importer report {s.file.id}` for every row")
+                        break
+
+
+def _progress(enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    from importer.pipeline import Progress
+
+    if not enabled:
+        return None, Progress()
+    sent = tqdm(desc="rows sent", unit="row", file=sys.stderr, position=0)
+    done = tqdm(desc="rows with results", unit="row", file=sys.stderr, position=1)
+    return (sent, done), Progress(rows_sent=sent.update, rows_finished=done.update)
+
+
+def _import_files(state: State, paths: list[Path], mapping: str | None, wait: bool, as_json: bool,
+                  rerun: tuple[int, bool] | None = None) -> int:
+    from importer.app import runtime
+
+    bars, progress = _progress(sys.stderr.isatty() and not as_json)
+    with runtime(state.config) as rt:
+        if mapping is not None and mapping not in rt.importer.mappings:
+            raise UsageError(f"--mapping {mapping}: no such mapping; known: {', '.join(sorted(rt.importer.mappings))}")
+        if rerun is not None:
+            file_ids = [rerun_file(rt, *rerun)]
+        else:
+            file_ids = [rt.importer.copy_in(path, mapping=mapping) for path in paths]
+        for file_id in file_ids:
+            rt.importer.process_file(file_id, progress)
+        if wait:
+            rt.importer.wait_for_results(file_ids, poll_s=min(rt.config.daemon.poll_s, 2.0), progress=progress)
+        if bars:
+            for bar in bars:
+                bar.close()
+        summaries = rt.ledger.summaries(file_ids)
+        _print_summaries(summaries, as_json, None if as_json else rt.ledger)
+        return exit_code_for(summaries)
+
+
+def rerun_file(rt: Any, file_id: int, failed_only: bool) -> int:
+    """Record a new run of an archived file, linked to the original."""
+    original = rt.ledger.get_file(file_id)
+    if original is None:
+        raise UsageError(f"no file {file_id} in the ledger; `importer status` lists the files")
+    path = Path(original.path)
+    if not path.exists():
+        raise UsageError(f"file {file_id} ({original.name}) is no longer at {path}; it may have been pruned")
+    if failed_only and not rt.ledger.failed_source_rows(file_id):
+        raise UsageError(f"file {file_id} has no rows in error or invalid; nothing to re-run")
+    from pathlib import PurePosixPath
+
+    relative = PurePosixPath(original.relative_path)
+    new_id = rt.importer.record_file(path, relative, rerun_of=file_id, rerun_scope="failed" if failed_only else "all")
+    if original.mapping:
+        rt.ledger.assign_mapping(new_id, original.mapping, original.staging_table)
+    return int(new_id)
+
+
+def _command(func: F) -> F:
+    """Run a command body, turning every error into its message and exit code."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        try:
+            code = func(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("importer: interrupted; run the same command again to resume", err=True)
+            sys.exit(130)
+        except BaseException as exc:
+            _fail(exc, ctx.obj.debug if ctx.obj else False)
+        sys.exit(code or 0)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@cli.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--mapping", help="Use this mapping (mappings/NAME.yaml) instead of matching file names.")
+@click.option("--no-wait", is_flag=True, help="Return once every batch is posted, without waiting for results.")
+@click.option("--json", "as_json", is_flag=True, help="Print the files as JSON.")
+@click.pass_obj
+@_command
+def import_command(state: State, paths: tuple[Path, ...], mapping: str | None, no_wait: bool, as_json: bool) -> int:
+    """Import files by hand (they are copied; the originals stay where they are)."""
+    for path in paths:
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+    return _import_files(state, list(paths), mapping, not no_wait, as_json)
+
+
+@cli.command()
+@click.argument("file_id", type=int)
+@click.option("--failed-only", is_flag=True, help="Post only the rows in error or invalid.")
+@click.option("--no-wait", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+@_command
+def rerun(state: State, file_id: int, failed_only: bool, no_wait: bool, as_json: bool) -> int:
+    """Post an archived file again (a new run linked to the original), or only its failed rows."""
+    return _import_files(state, [], None, not no_wait, as_json, rerun=(file_id, failed_only))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", default=20, show_default=True, help="How many recent files.")
+@click.pass_obj
+@_command
+def status(state: State, as_json: bool, limit: int) -> int:
+    """Recent files: id, name, mapping, state, rows per state; batches in flight."""
+    from importer.app import open_ledger
+
+    with open_ledger(state.config) as ledger:
+        summaries = ledger.summaries(limit=limit)
+        _print_summaries(summaries, as_json)
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("file_id", type=int)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--output", type=click.Path(path_type=Path), help="Write here instead of standard output.")
+@click.pass_obj
+@_command
+def report(state: State, file_id: int, fmt: str, output: Path | None) -> int:
+    """One line per source row and transform map (a re-run's rows follow the original's)."""
+    from importer import inbox
+    from importer.app import open_ledger
+    from importer.ledger import REPORT_COLUMNS
+
+    with open_ledger(state.config) as ledger:
+        if ledger.get_file(file_id) is None:
+            raise UsageError(f"no file {file_id} in the ledger; `importer status` lists the files")
+        runs = [file_id] + [r.id for r in ledger.reruns_of(file_id)]
+        entries = (entry for run in runs for entry in ledger.report(run))
+        if fmt == "json":
+            text = json.dumps(list(entries), indent=2)
+            if output:
+                output.write_text(text + "\n", encoding="utf-8")
+            else:
+                click.echo(text)
+        elif output:
+            inbox.write_report(output, REPORT_COLUMNS, entries)
+        else:
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=REPORT_COLUMNS)
+            writer.writeheader()
+            for entry in entries:
+                writer.writerow({k: inbox.excel_safe(v) for k, v in entry.items()})
+            click.echo(buffer.getvalue(), nl=False)
+    return EXIT_OK
+
+
+@cli.command()
+@click.option("--file", "file_path", type=click.Path(path_type=Path), help="Dry-run this file through its mapping.")
+@click.option("--mapping", help="With --file: use this mapping.")
+@click.option("--remote", is_flag=True, help="Compare mapping labels with the staging tables' real columns.")
+@click.pass_obj
+@_command
+def check(state: State, file_path: Path | None, mapping: str | None, remote: bool) -> int:
+    """Validate config and mappings; dry-run a file; compare labels with the instance."""
+    from importer.checks import check_file, check_remote
+
+    config = state.config
+    from importer.app import open_mappings
+
+    mappings = open_mappings(config)
+    click.echo(f"config ok ({config.source or 'built-in defaults'}); {len(mappings)} mappings ok: "
+               f"{', '.join(sorted(mappings))}")
+    code = EXIT_OK
+    if file_path is not None:
+        code = max(code, check_file(mappings, file_path, mapping, click.echo))
+    if remote:
+        code = max(code, check_remote(config, mappings, click.echo))
+    return code
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Take what is in the inbox now, wait for every result, exit.")
+@click.pass_obj
+@_command
+def run(state: State, once: bool) -> int:
+    """The daemon: watch the inbox, post, poll, record."""
+    from importer.daemon import Daemon
+
+    if not state.debug:
+        logging.getLogger("importer").setLevel(logging.INFO)
+    return Daemon(state.config).run(once=once)
+
+
+@cli.command()
+@click.option("--port", default=8080, show_default=True, help="Port on 127.0.0.1 (0: any free port).")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), help="Data file (YAML); default: the HR example.")
+@click.pass_obj
+@_command
+def sandbox(state: State, port: int, data: Path | None) -> int:
+    """Serve the embedded ServiceNow emulator for people to try mappings against."""
+    from importer.sandbox import SandboxServer
+
+    server = SandboxServer(data=data, port=port)
+    server.start()
+    click.echo(server.banner())
+    sys.stdout.flush()
+    server.serve_forever()
+    return EXIT_OK
+
+
+def main() -> None:
+    cli(prog_name="importer")

@@ -1,0 +1,535 @@
+"""One file end to end: read -> map + validate -> batch -> post -> ledger -> poll results -> report, archive.
+
+``Importer`` is shared by the one-shot ``importer import`` and the daemon. Every step is
+recorded in the ledger before and after it happens, so ``resume_file`` can pick a file up
+wherever a crash or a stop left it: rows already in the ledger are not sent again, a batch
+whose answer was lost is looked for at the instance before anything is re-sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from importer import inbox
+from importer.batching import Batch, OversizeRow, build_batches, split_batch
+from importer.config import Config
+from importer.errors import (
+    AmbiguousResponse,
+    ImporterError,
+    InputFileError,
+    RequestTooLarge,
+    TransientError,
+)
+from importer.ledger import (
+    REPORT_COLUMNS,
+    BatchRecord,
+    BatchState,
+    FileState,
+    Ledger,
+    RowResult,
+    RowState,
+)
+from importer.mapping import Mapping, TranslatedRow, check_headers, find_mapping, translate_row
+from importer.readers import open_source
+from importer.servicenow import InstanceClient
+
+log = logging.getLogger("importer.pipeline")
+
+# How long a parked batch (the instance kept refusing it) waits before the next attempt.
+PARK_DELAY = timedelta(seconds=60)
+# Import sets are looked up in chunks of this many sys_ids per Table API query.
+POLL_CHUNK = 100
+STAGING_RESULT_FIELDS = (
+    "sys_id",
+    "sys_import_row",
+    "sys_import_state",
+    "sys_import_state_comment",
+    "sys_target_sys_id",
+    "sys_target_table",
+    "sys_transform_map",
+)
+_KNOWN_RESULT_STATES = {s.value: s for s in (RowState.INSERTED, RowState.UPDATED, RowState.IGNORED,
+                                               RowState.SKIPPED, RowState.ERROR)}
+
+
+@dataclass
+class Progress:
+    """Callbacks for a progress display; the daemon leaves them as no-ops."""
+
+    rows_sent: Callable[[int], None] = lambda n: None
+    rows_finished: Callable[[int], None] = lambda n: None
+
+
+@dataclass
+class PostOutcome:
+    file_id: int
+    state: FileState
+    parked: bool = False
+    invalid: int = 0
+    sent: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _field(record: dict[str, Any], name: str) -> str:
+    """A Table API field as its value, whether or not display values were asked for."""
+    value = record.get(name, "")
+    if isinstance(value, dict):
+        value = value.get("value", "")
+    return "" if value is None else str(value)
+
+
+def _display(record: dict[str, Any], name: str) -> str:
+    value = record.get(name, "")
+    if isinstance(value, dict):
+        return str(value.get("display_value") or "")
+    return ""
+
+
+class Importer:
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        client: InstanceClient,
+        mappings: dict[str, Mapping],
+        *,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.client = client
+        self.mappings = mappings
+        self.stop_event = stop_event or threading.Event()
+        self._transform_maps: dict[str, int] = {}
+        self._chain_lock = threading.Lock()
+        paths = config.paths
+        inbox.ensure_private_dirs(paths.processing, paths.archive, paths.failed, paths.reports)
+
+    # -- taking files ------------------------------------------------------------------------
+
+    def record_file(
+        self,
+        path: Path,
+        relative: PurePosixPath,
+        *,
+        rerun_of: int | None = None,
+        rerun_scope: str | None = None,
+    ) -> int:
+        """Record a file already in processing/ as queued (the first step of its journey)."""
+        return self.ledger.record_taken_file(
+            name=relative.name,
+            relative_path=str(relative),
+            path=str(path),
+            sha256=inbox.file_sha256(path),
+            size=path.stat().st_size,
+            rerun_of=rerun_of,
+            rerun_scope=rerun_scope,
+        )
+
+    def copy_in(self, source: Path, *, mapping: str | None = None) -> int:
+        """``importer import PATH``: copy a file from anywhere into processing/ and record it.
+
+        The user's own file is left where it is; the copy is what gets archived (and re-run).
+        """
+        if not source.is_file():
+            raise InputFileError(f"{source}: no such file")
+        processing = self.config.paths.processing
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        target = processing / f"{stamp}-{inbox.safe_name(source.name)}"
+        shutil.copyfile(source, target)
+        target.chmod(0o600)
+        relative = PurePosixPath(mapping, source.name) if mapping else PurePosixPath(source.name)
+        return self.record_file(target, relative)
+
+    # -- posting -----------------------------------------------------------------------------
+
+    def mapping_for(self, file_id: int) -> Mapping:
+        record = self.ledger.get_file(file_id)
+        assert record is not None
+        if record.mapping and record.mapping in self.mappings:
+            return self.mappings[record.mapping]
+        return find_mapping(self.mappings, PurePosixPath(record.relative_path))
+
+    def process_file(self, file_id: int, progress: Progress | None = None) -> PostOutcome:
+        """Post every row of a queued (or interrupted) file; it ends ``transforming``, or
+        ``rejected``/``duplicate``, or stays ``posting`` with a parked batch to retry later."""
+        progress = progress or Progress()
+        record = self.ledger.get_file(file_id)
+        if record is None:
+            raise ImporterError(f"file {file_id} is not in the ledger")
+        if record.state == FileState.QUEUED and record.rerun_of is None:
+            original = self.ledger.find_earlier_import(record.sha256, file_id)
+            if original is not None:
+                self.ledger.mark_duplicate(file_id, original)
+                log.info("file=%s name=%s duplicate_of=%s", file_id, record.name, original)
+                return PostOutcome(file_id, FileState.DUPLICATE)
+        try:
+            mapping = self.mapping_for(file_id)
+            self.ledger.assign_mapping(file_id, mapping.name, mapping.staging_table)
+            return self._post_rows(file_id, mapping, progress)
+        except InputFileError as exc:
+            self.reject(file_id, str(exc))
+            return PostOutcome(file_id, FileState.REJECTED, notes=[str(exc)])
+
+    def reject(self, file_id: int, reason: str) -> None:
+        record = self.ledger.get_file(file_id)
+        assert record is not None
+        log.warning("file=%s name=%s rejected: %s", file_id, record.name, reason)
+        self.ledger.mark_rejected(file_id, reason)
+        if record.rerun_of is None and Path(record.path).exists():
+            moved = inbox.fail_file(Path(record.path), self.config.paths.failed, reason)
+            self.ledger.set_file_path(file_id, str(moved))
+
+    def _rows_to_send(self, file_id: int, mapping: Mapping) -> Iterator[TranslatedRow]:
+        """Translated rows of the file not yet in the ledger; invalid ones are recorded as met."""
+        record = self.ledger.get_file(file_id)
+        assert record is not None
+        known = self.ledger.known_source_rows(file_id)
+        only: set[int] | None = None
+        if record.rerun_of is not None and record.rerun_scope == "failed":
+            only = self.ledger.failed_source_rows(record.rerun_of)
+        invalid: list[tuple[int, str]] = []
+        with open_source(Path(record.path), csv=mapping.csv, excel=mapping.excel, json=mapping.json) as source:
+            if source.headers is not None:
+                check_headers(mapping, source.headers)
+            for row in source:
+                if row.number in known or (only is not None and row.number not in only):
+                    continue
+                translated = translate_row(mapping, row)
+                if translated.problem is not None:
+                    invalid.append((row.number, translated.problem))
+                    if len(invalid) >= 500:
+                        self.ledger.record_invalid_rows(file_id, invalid)
+                        invalid = []
+                    continue
+                yield translated
+        self.ledger.record_invalid_rows(file_id, invalid)
+
+    def _first_invalid_rows(self, file_id: int, mapping: Mapping, limit: int = 5) -> list[str]:
+        record = self.ledger.get_file(file_id)
+        assert record is not None
+        found: list[str] = []
+        with open_source(Path(record.path), csv=mapping.csv, excel=mapping.excel, json=mapping.json) as source:
+            if source.headers is not None:
+                check_headers(mapping, source.headers)
+            for row in source:
+                translated = translate_row(mapping, row)
+                if translated.problem is not None:
+                    found.append(f"row {row.number}: {translated.problem}")
+                    if len(found) >= limit:
+                        break
+        return found
+
+    def _post_rows(self, file_id: int, mapping: Mapping, progress: Progress) -> PostOutcome:
+        outcome = PostOutcome(file_id, FileState.POSTING)
+        if mapping.on_invalid_row == "reject_file" and not self.ledger.known_source_rows(file_id):
+            invalid = self._first_invalid_rows(file_id, mapping)
+            if invalid:
+                raise InputFileError(
+                    f"mapping {mapping.name} says on_invalid_row: reject_file, and the file has invalid "
+                    f"rows: {'; '.join(invalid)}. Fix the file and drop it again."
+                )
+        self.ledger.mark_posting(file_id)
+        if not self._resolve_unfinished_batches(file_id, mapping):
+            outcome.parked = True
+            return outcome
+        staging = mapping.staging_table
+        max_bytes = self.config.instance.max_request_bytes
+        for item in build_batches(self._rows_to_send(file_id, mapping), mapping.batch_rows, max_bytes):
+            if isinstance(item, OversizeRow):
+                self.ledger.record_invalid_rows(
+                    file_id,
+                    [(item.row.number, f"row is {item.size} bytes as JSON; a request may not exceed "
+                                       f"{item.limit} bytes (instance.max_request_bytes)")],
+                )
+                outcome.invalid += 1
+                continue
+            if self.stop_event.is_set():
+                # A stop was asked: what is recorded so far is consistent; the rest is sent on resume.
+                outcome.notes.append("stopped before every batch was sent")
+                return outcome
+            if not self._post_batch(file_id, mapping, item):
+                outcome.parked = True
+                return outcome
+            outcome.sent += len(item.rows)
+            progress.rows_sent(len(item.rows))
+        if not self.ledger.batches(file_id, [BatchState.POSTED, BatchState.COMPLETE]):
+            # Nothing reached the instance (every row invalid, or an empty file): done already.
+            self.ledger.mark_transforming(file_id)
+            outcome.state = self.ledger.finish_file(file_id)
+            self.complete_file(file_id)
+            return outcome
+        self.ledger.mark_transforming(file_id)
+        log.info("file=%s staging=%s posted rows=%s", file_id, staging, outcome.sent)
+        outcome.state = FileState.TRANSFORMING
+        return outcome
+
+    def _run_after_for(self, file_id: int, mapping: Mapping) -> str | None:
+        previous = self.ledger.last_import_set(file_id)
+        if previous is not None:
+            return previous
+        # The file's first batch: behind the latest earlier file of the same staging table, and
+        # behind the files of the mappings named in `after:`.
+        return self.ledger.chain_tail(file_id, staging_table=mapping.staging_table, mappings=mapping.after)
+
+    def _post_batch(self, file_id: int, mapping: Mapping, batch: Batch) -> bool:
+        """Send one batch; True when the instance took it (possibly split in parts)."""
+        record = self.ledger.get_file(file_id)
+        assert record is not None
+        with self._chain_lock:
+            run_after = self._run_after_for(file_id, mapping)
+            batch_id = self.ledger.open_batch(
+                file_id,
+                [row.number for row in batch.rows],
+                body_bytes=len(batch.body),
+                run_after=run_after,
+                multi_import_set_id=record.multi_import_set_id,
+            )
+            try:
+                ref = self.client.insert_multiple(
+                    mapping.staging_table,
+                    batch.body,
+                    run_after=run_after,
+                    multi_import_set_id=record.multi_import_set_id,
+                )
+            except RequestTooLarge:
+                self.ledger.abandon_batch(batch_id, "the instance refused the body as too large; split")
+                if len(batch.rows) == 1:
+                    row = batch.rows[0]
+                    self.ledger.record_invalid_rows(
+                        file_id, [(row.number, "the instance refused this row as too large for one request")]
+                    )
+                    return True
+                first, second = split_batch(batch)
+                log.info("file=%s batch split in two (%s rows): body too large", file_id, len(batch.rows))
+                return self._post_batch(file_id, mapping, first) and self._post_batch(file_id, mapping, second)
+            except AmbiguousResponse as exc:
+                log.warning("file=%s batch=%s answer lost (%s); looking for it at the instance",
+                            file_id, batch_id, exc)
+                return self._resolve_ambiguous(file_id, mapping, batch_id, rows=batch.rows)
+            except TransientError as exc:
+                self.ledger.park_batch(batch_id, str(exc), datetime.now(UTC) + PARK_DELAY)
+                log.warning("file=%s batch=%s parked: %s", file_id, batch_id, exc)
+                return False
+            except ImporterError as exc:
+                self.ledger.park_batch(batch_id, str(exc), datetime.now(UTC) + PARK_DELAY)
+                raise
+            self.ledger.mark_batch_posted(batch_id, ref.import_set_id, ref.multi_import_set_id)
+            if record.multi_import_set_id is None:
+                self.ledger.set_multi_import_set(file_id, ref.multi_import_set_id)
+            log.info("file=%s batch=%s rows=%s import_set=%s run_after=%s", file_id, batch_id,
+                     len(batch.rows), ref.import_set_id, run_after)
+            return True
+
+    # -- crash recovery ----------------------------------------------------------------------
+
+    def _resolve_unfinished_batches(self, file_id: int, mapping: Mapping) -> bool:
+        """Before sending more: settle batches a crash or a refusal left behind.
+
+        ``posting`` batches may or may not have reached the instance; ``parked`` ones did not.
+        Returns False when the instance cannot be asked right now (try again later).
+        """
+        now = datetime.now(UTC)
+        for batch in self.ledger.batches(file_id, [BatchState.POSTING, BatchState.PARKED]):
+            if batch.state == BatchState.PARKED:
+                if batch.next_attempt_at and batch.next_attempt_at > now:
+                    return False
+                self.ledger.abandon_batch(batch.id, f"parked ({batch.last_error}); rows sent again")
+                continue
+            try:
+                if not self._resolve_ambiguous(file_id, mapping, batch.id, rows=None):
+                    return False
+            except TransientError:
+                return False
+        return True
+
+    def _resolve_ambiguous(
+        self, file_id: int, mapping: Mapping, batch_id: int, *, rows: Iterable[TranslatedRow] | None
+    ) -> bool:
+        """A batch whose answer was lost: find its import set at the instance, or send it again."""
+        batch = next(b for b in self.ledger.batches(file_id) if b.id == batch_id)
+        found = self.find_posted_import_set(mapping.staging_table, batch)
+        if found is not None:
+            import_set_id, multi_id = found
+            self.ledger.mark_batch_posted(batch_id, import_set_id, multi_id)
+            log.info("file=%s batch=%s found at the instance as import set %s", file_id, batch_id, import_set_id)
+            return True
+        self.ledger.abandon_batch(batch_id, "not found at the instance after a lost answer; sent again")
+        if rows is None:
+            return True  # resume: the rows are read again from the file and re-batched
+        rows = list(rows)
+        from importer.batching import encode_body
+
+        again = Batch(rows=tuple(rows), body=encode_body([row.record or {} for row in rows]))
+        return self._post_batch(file_id, mapping, again)
+
+    def find_posted_import_set(self, staging_table: str, batch: BatchRecord) -> tuple[str, str] | None:
+        """Look for an import set holding this batch: created on this staging table since the
+        batch was sent, not claimed by another batch, with the same number of rows."""
+        started = (batch.posting_started_at or datetime.now(UTC)) - timedelta(seconds=2)
+        since = started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        claimed = self.ledger.claimed_import_sets(staging_table)
+        candidates = [
+            record
+            for record in self.client.query(
+                "sys_import_set",
+                f"table_name={staging_table}^sys_created_on>={since}^ORDERBYsys_created_on",
+                fields=["sys_id", "sys_created_on", "multi_import_set"],
+            )
+            if _field(record, "sys_id") not in claimed
+        ]
+        for candidate in candidates:
+            sys_id = _field(candidate, "sys_id")
+            count = self.client.count(staging_table, f"sys_import_set={sys_id}")
+            if count == batch.row_count:
+                return sys_id, _field(candidate, "multi_import_set")
+        return None
+
+    # -- results -----------------------------------------------------------------------------
+
+    def transform_map_count(self, staging_table: str) -> int:
+        if staging_table not in self._transform_maps:
+            count = self.client.count("sys_transform_map", f"source_table={staging_table}^active=true")
+            self._transform_maps[staging_table] = int(count) if isinstance(count, int) else 1
+        return self._transform_maps[staging_table]
+
+    def poll_results(self, file_ids: Iterable[int] | None = None, progress: Progress | None = None) -> list[int]:
+        """One round: ask the instance which posted import sets are processed (one Table API query
+        per 100 sets), record their rows' results, finish files whose every row has one."""
+        progress = progress or Progress()
+        wanted = set(file_ids) if file_ids is not None else None
+        waiting = [
+            b for b in self.ledger.batches_in_state(BatchState.POSTED) if wanted is None or b.file_id in wanted
+        ]
+        states: dict[str, str] = {}
+        ids = sorted({b.import_set_id for b in waiting if b.import_set_id})
+        for start in range(0, len(ids), POLL_CHUNK):
+            chunk = ids[start : start + POLL_CHUNK]
+            for record in self.client.query(
+                "sys_import_set", "sys_idIN" + ",".join(chunk), fields=["sys_id", "state"]
+            ):
+                states[_field(record, "sys_id")] = _field(record, "state")
+        touched: set[int] = set()
+        for batch in waiting:
+            state = states.get(batch.import_set_id or "")
+            if state == "processed":
+                file = self.ledger.get_file(batch.file_id)
+                assert file is not None and file.staging_table is not None
+                self.record_batch_results(file.staging_table, batch)
+                progress.rows_finished(batch.row_count)
+                touched.add(batch.file_id)
+            elif state is None and batch.import_set_id and batch.import_set_id not in states:
+                # Gone from the instance (cleaned up) or never visible: say so rather than wait forever.
+                self._record_missing_import_set(batch)
+                touched.add(batch.file_id)
+        finished = []
+        candidates = touched | {
+            f.id for f in self.ledger.files_in_states([FileState.TRANSFORMING]) if wanted is None or f.id in wanted
+        }
+        for file_id in sorted(candidates):
+            file = self.ledger.get_file(file_id)
+            if file is None or file.state != FileState.TRANSFORMING:
+                continue
+            if self.ledger.batches(file_id, [BatchState.POSTED, BatchState.POSTING, BatchState.PARKED]):
+                continue
+            self.ledger.finish_file(file_id)
+            self.complete_file(file_id)
+            finished.append(file_id)
+        return finished
+
+    def _record_missing_import_set(self, batch: BatchRecord) -> None:
+        message = (
+            f"import set {batch.import_set_id} is not on the instance any more (cleaned up?): "
+            "the result of this row is unknown; check the target table and re-run the file if needed"
+        )
+        self.ledger.record_row_results(batch.id, [
+            RowResult(batch_index=i, state=RowState.ERROR, message=message) for i in range(batch.row_count)
+        ])
+
+    def record_batch_results(self, staging_table: str, batch: BatchRecord) -> None:
+        staging_rows = list(
+            self.client.query(
+                staging_table,
+                f"sys_import_set={batch.import_set_id}^ORDERBYsys_import_row",
+                fields=STAGING_RESULT_FIELDS,
+                display_value="all",
+                page_size=max(batch.row_count, 1),
+            )
+        )
+        several_maps = self.transform_map_count(staging_table) > 1
+        outcomes: list[RowResult] = []
+        for staging_row in staging_rows:
+            index = int(_field(staging_row, "sys_import_row") or -1)
+            staging_sys_id = _field(staging_row, "sys_id")
+            if several_maps:
+                # Only the import GET gives one result per transform map.
+                answer = self.client.import_row_result(staging_table, staging_sys_id) or {}
+                for result in answer.get("result", []):
+                    status = str(result.get("status", ""))
+                    outcomes.append(
+                        RowResult(
+                            batch_index=index,
+                            state=_KNOWN_RESULT_STATES.get(status, RowState.ERROR),
+                            transform_map=result.get("transform_map"),
+                            target_table=result.get("table"),
+                            target_sys_id=result.get("sys_id"),
+                            display_value=result.get("display_value"),
+                            message=result.get("error_message") or result.get("status_message")
+                            or (None if status in _KNOWN_RESULT_STATES else f"unexpected status {status!r}"),
+                            staging_sys_id=staging_sys_id,
+                        )
+                    )
+                continue
+            status = _field(staging_row, "sys_import_state")
+            outcomes.append(
+                RowResult(
+                    batch_index=index,
+                    state=_KNOWN_RESULT_STATES.get(status, RowState.ERROR),
+                    transform_map=_display(staging_row, "sys_transform_map") or None,
+                    target_table=_field(staging_row, "sys_target_table") or None,
+                    target_sys_id=_field(staging_row, "sys_target_sys_id") or None,
+                    display_value=_display(staging_row, "sys_target_sys_id") or None,
+                    message=_field(staging_row, "sys_import_state_comment")
+                    or (None if status in _KNOWN_RESULT_STATES else f"not transformed (state {status!r})"),
+                    staging_sys_id=staging_sys_id,
+                )
+            )
+        self.ledger.record_row_results(batch.id, outcomes)
+
+    # -- the end of a file's journey ---------------------------------------------------------
+
+    def complete_file(self, file_id: int) -> None:
+        """Write the per-row report and archive the file (a re-run's file stays with its original)."""
+        record = self.ledger.get_file(file_id)
+        assert record is not None
+        report = self.config.paths.reports / f"{file_id}-{inbox.safe_name(record.name)}.csv"
+        inbox.write_report(report, REPORT_COLUMNS, self.ledger.report(file_id))
+        self.ledger.set_report_path(file_id, str(report))
+        path = Path(record.path)
+        if record.rerun_of is None and path.exists() and path.parent == self.config.paths.processing:
+            archived = inbox.archive_file(path, self.config.paths.archive, datetime.now(UTC))
+            self.ledger.set_file_path(file_id, str(archived))
+        log.info("file=%s name=%s finished rows=%s", file_id, record.name, self.ledger.row_counts(file_id))
+
+    def wait_for_results(
+        self, file_ids: list[int], *, poll_s: float, timeout_s: float | None = None, progress: Progress | None = None
+    ) -> bool:
+        """Poll until every file is final; False if stopped or timed out first."""
+        deadline = None if timeout_s is None else datetime.now(UTC) + timedelta(seconds=timeout_s)
+        delay = min(0.2, poll_s)
+        while True:
+            self.poll_results(file_ids, progress)
+            if all(self.ledger.is_final(file_id) for file_id in file_ids):
+                return True
+            if deadline is not None and datetime.now(UTC) >= deadline:
+                return False
+            if self.stop_event.wait(delay):
+                return False
+            delay = min(delay * 2, poll_s)  # quick first answers, then the configured pace

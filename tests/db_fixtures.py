@@ -1,0 +1,44 @@
+"""Ledger database fixtures: every ledger test runs on SQLite and on PostgreSQL.
+
+PostgreSQL comes from IMPORTER_TEST_PG_URL (set by .ci/run); each test gets a schema of its
+own, dropped afterwards. Without the variable the PostgreSQL cases are skipped, loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import create_engine, text
+
+PG_URL = os.environ.get("IMPORTER_TEST_PG_URL")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if PG_URL:
+        return f"ledger backends: sqlite, postgresql ({PG_URL})"
+    return "ledger backends: sqlite ONLY — IMPORTER_TEST_PG_URL is unset, PostgreSQL cases are SKIPPED"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/var/ledger.db"
+        return
+    if not PG_URL:
+        warnings.warn("IMPORTER_TEST_PG_URL is unset: PostgreSQL ledger case skipped", stacklevel=1)
+        pytest.skip("IMPORTER_TEST_PG_URL is unset: the PostgreSQL ledger is NOT tested in this run")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{separator}options={quote(f'-csearch_path={schema}')}"
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
