@@ -392,6 +392,24 @@ class Ledger:
             )
             return [_file_record(row) for row in found]
 
+    def finished_before(self, cutoff: datetime) -> list[FileRecord]:
+        with self._connect() as conn:
+            found = conn.execute(
+                select(files)
+                .where(files.c.finished_at.is_not(None), files.c.finished_at < cutoff)
+                .order_by(files.c.id.desc())  # re-runs before the files they re-ran
+            )
+            return [_file_record(row) for row in found]
+
+    def forget_file(self, file_id: int) -> None:
+        """Delete a file and everything recorded of it (retention)."""
+        with self._connect() as conn:
+            conn.execute(update(files).where(files.c.rerun_of == file_id).values(rerun_of=None))
+            conn.execute(delete(results).where(results.c.file_id == file_id))
+            conn.execute(delete(rows).where(rows.c.file_id == file_id))
+            conn.execute(delete(batches).where(batches.c.file_id == file_id))
+            conn.execute(delete(files).where(files.c.id == file_id))
+
     def reruns_of(self, file_id: int) -> list[FileRecord]:
         with self._connect() as conn:
             found = conn.execute(select(files).where(files.c.rerun_of == file_id).order_by(files.c.id))

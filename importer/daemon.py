@@ -1,0 +1,336 @@
+"""The daemon: watch the inbox, take settled files, post them, poll results, file them away.
+
+Threads: the main thread scans the inbox (woken by watchdog events, or by its own timer for
+shares where events never arrive) and takes settled files; a pool posts files, one worker per
+chain group so that files which must transform in order are posted in arrival order; an
+APScheduler runs the periodic jobs (poll results, retry parked batches, prune, watchdog ping).
+
+Stopping (rq-style two stages): the first SIGTERM/SIGINT sets ``stop_event`` — no new file is
+taken, a file being posted stops after the request in flight is recorded — and the process
+exits once the workers return; a second signal exits at once. Either way the ledger is
+consistent: every batch is recorded as ``posting`` before its request, so a restart resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
+from types import FrameType
+from typing import Any
+
+from importer import inbox
+from importer.app import Runtime, runtime
+from importer.config import Config
+from importer.errors import ImporterError, InputFileError, TransientError
+from importer.ledger import BatchState, FileState, RowState
+from importer.mapping import Mapping
+from importer.notify import SystemdNotifier
+
+log = logging.getLogger("importer.daemon")
+
+_TAKEN_NAME = re.compile(r"^(?P<stamp>\d{8}T\d{12})(?:@(?P<folder>[^-/]+))?-(?P<name>.+)$")
+EXIT_OK, EXIT_FAILURE, EXIT_ROWS_FAILED = 0, 1, 3
+
+
+def chain_groups(mappings: dict[str, Mapping]) -> dict[str, str]:
+    """Mapping name -> group: mappings sharing a staging table or linked by ``after:`` must post
+    their files one at a time, in arrival order, or run_after chains could cross."""
+    parent = {name: name for name in mappings}
+
+    def find(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    def union(a: str, b: str) -> None:
+        parent[find(a)] = find(b)
+
+    by_table: dict[str, str] = {}
+    for name, mapping in mappings.items():
+        if mapping.staging_table in by_table:
+            union(name, by_table[mapping.staging_table])
+        by_table[mapping.staging_table] = name
+        for other in mapping.after:
+            if other in parent:
+                union(name, other)
+    return {name: find(name) for name in mappings}
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stop_event = threading.Event()
+        self.wake = threading.Event()
+        self.notifier = SystemdNotifier()
+        self._signals = 0
+        self._workers: dict[str, ThreadPoolExecutor] = {}
+        self._futures: list[Future[Any]] = []
+        self._slots = threading.BoundedSemaphore(config.daemon.max_concurrent_files)
+        self._handled: list[int] = []
+        self.last_successful_poll: datetime | None = None
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(EXIT_FAILURE)
+        log.info("%s: finishing the request in flight, then exiting (again to exit now)",
+                 signal.Signals(signum).name)
+        self.notifier.stopping()
+        self.stop_event.set()
+        self.wake.set()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def run(self, *, once: bool = False) -> int:
+        self._install_signal_handlers()
+        paths = self.config.paths
+        if not paths.inbox.is_dir():
+            raise InputFileError(f"the inbox {paths.inbox} does not exist; create it or set [paths] inbox")
+        with runtime(self.config, self.stop_event) as rt:
+            self.rt = rt
+            self._adopt_unrecorded_files()
+            resumed = [f.id for f in rt.ledger.files_in_states([FileState.QUEUED, FileState.POSTING])]
+            for file_id in resumed:
+                log.info("file=%s resuming after a restart", file_id)
+                self._submit(file_id)
+            scheduler = self._start_scheduler(once)
+            self.notifier.ready(status="watching " + str(paths.inbox))
+            log.info("started: inbox=%s instance=%s once=%s", paths.inbox, self.config.instance.url, once)
+            observer = None if once or not self.config.daemon.watch else self._start_observer()
+            try:
+                if once:
+                    code = self._run_once(resumed)
+                else:
+                    self._watch_loop()
+                    code = EXIT_OK
+            finally:
+                if observer is not None:
+                    observer.stop()
+                    observer.join(timeout=5)
+                self.stop_event.set()
+                self._shutdown_workers()
+                if scheduler is not None:
+                    scheduler.shutdown(wait=True)
+            log.info("stopped")
+            return code
+
+    def _run_once(self, resumed: list[int]) -> int:
+        """Take what is in the inbox now (once it has settled), wait for every result, exit."""
+        tracker = inbox.SettleTracker(self.config.daemon.settle_s)
+        pending = {c.path for c in inbox.scan_inbox(self.config.paths.inbox)}
+        while pending and not self.stop_event.is_set():
+            present = [c for c in inbox.scan_inbox(self.config.paths.inbox) if c.path in pending]
+            pending = {c.path for c in present}
+            for candidate in tracker.observe(present):
+                self._take(candidate)
+                pending.discard(candidate.path)
+            if pending:
+                self.stop_event.wait(min(0.2, max(self.config.daemon.settle_s / 4, 0.05)))
+        for future in list(self._futures):
+            future.result()
+        file_ids = sorted(set(self._handled) | set(resumed)
+                          | {f.id for f in self.rt.ledger.files_in_states([FileState.TRANSFORMING])})
+        if not self.stop_event.is_set():
+            self._retry_parked(force=True)
+            self.rt.importer.wait_for_results(file_ids, poll_s=min(self.config.daemon.poll_s, 2.0))
+        summaries = self.rt.ledger.summaries(file_ids)
+        code = EXIT_OK
+        for summary in summaries:
+            state = summary.file.state
+            if state not in (FileState.DONE, FileState.DUPLICATE, FileState.DONE_WITH_ERRORS, FileState.REJECTED):
+                return EXIT_FAILURE  # stopped, or the instance kept refusing
+            if state in (FileState.REJECTED, FileState.DONE_WITH_ERRORS) or summary.rows.get(RowState.ERROR):
+                code = EXIT_ROWS_FAILED
+        return code
+
+    def _watch_loop(self) -> None:
+        tracker = inbox.SettleTracker(self.config.daemon.settle_s)
+        daemon = self.config.daemon
+        while not self.stop_event.is_set():
+            try:
+                candidates = inbox.scan_inbox(self.config.paths.inbox)
+            except OSError as exc:
+                log.error("cannot read the inbox %s: %s; trying again", self.config.paths.inbox, exc)
+                candidates = []
+            for candidate in tracker.observe(candidates):
+                if self.stop_event.is_set():
+                    break
+                self._take(candidate)
+            # Files still settling need another look soon; otherwise sleep until an event or a rescan.
+            unsettled = len(candidates) > 0
+            timeout = max(min(daemon.settle_s / 2, 1.0), 0.05) if unsettled else daemon.rescan_s
+            self.wake.wait(timeout)
+            self.wake.clear()
+
+    # -- taking and posting ------------------------------------------------------------------
+
+    def _take(self, candidate: inbox.Candidate) -> None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")[:21]
+        folder = candidate.relative.parent.name if len(candidate.relative.parts) > 1 else ""
+        hint = f"{stamp}@{inbox.safe_name(folder)}" if folder else stamp
+        try:
+            taken = inbox.take_file(candidate, self.config.paths.processing, hint)
+        except inbox.FileChangedError as exc:
+            log.info("%s changed while being taken; it will be looked at again: %s", candidate.path, exc)
+            return
+        except OSError as exc:
+            log.error("cannot take %s: %s; it stays in the inbox", candidate.path, exc)
+            return
+        file_id = self.rt.importer.record_file(taken, candidate.relative)
+        log.info("file=%s name=%s taken into %s", file_id, candidate.relative, taken.name)
+        self._submit(file_id)
+
+    def _adopt_unrecorded_files(self) -> None:
+        """A file moved into processing/ by a process that died before recording it."""
+        processing = self.config.paths.processing
+        known = {Path(f.path).name for f in self.rt.ledger.files_in_states(list(FileState))}
+        for path in sorted(processing.iterdir()) if processing.is_dir() else []:
+            if path.name in known or not path.is_file() or inbox.is_ignored(path.name):
+                continue
+            match = _TAKEN_NAME.match(path.name)
+            relative = (
+                PurePosixPath(*(p for p in (match.group("folder"), match.group("name")) if p))
+                if match else PurePosixPath(path.name)
+            )
+            file_id = self.rt.importer.record_file(path, relative)
+            log.warning("file=%s %s was in processing/ but not in the ledger; recorded it", file_id, path.name)
+
+    def _group_of(self, file_id: int) -> str:
+        try:
+            mapping = self.rt.importer.mapping_for(file_id)
+        except ImporterError:
+            return "-"  # rejected anyway: any worker will do
+        return chain_groups(self.rt.importer.mappings).get(mapping.name, mapping.name)
+
+    def _submit(self, file_id: int) -> None:
+        self._handled.append(file_id)
+        group = self._group_of(file_id)
+        worker = self._workers.get(group)
+        if worker is None:
+            worker = self._workers[group] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"post-{group}")
+        self._futures.append(worker.submit(self._post_file, file_id))
+
+    def _post_file(self, file_id: int) -> None:
+        with self._slots:
+            if self.stop_event.is_set():
+                return
+            try:
+                outcome = self.rt.importer.process_file(file_id)
+                if outcome.state == FileState.DUPLICATE:
+                    self.rt.importer.complete_file(file_id)
+                self.notifier.status(f"file {file_id}: {outcome.state}")
+            except TransientError as exc:
+                log.warning("file=%s instance unavailable (%s); will retry", file_id, exc)
+            except ImporterError as exc:
+                log.error("file=%s stopped: %s", file_id, exc)
+            except Exception:
+                log.exception("file=%s unexpected failure; the file stays in processing/ and is retried", file_id)
+
+    def _shutdown_workers(self) -> None:
+        for worker in self._workers.values():
+            worker.shutdown(wait=True, cancel_futures=True)
+
+    # -- periodic jobs -----------------------------------------------------------------------
+
+    def _start_scheduler(self, once: bool) -> Any:
+        if once:
+            return None
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
+        daemon = self.config.daemon
+        scheduler.add_job(self._poll_job, "interval", seconds=daemon.poll_s, id="poll",
+                          next_run_time=datetime.now(UTC))
+        scheduler.add_job(self._rescan_job, "interval", seconds=daemon.rescan_s, id="rescan")
+        scheduler.add_job(self._retry_parked, "interval", seconds=max(daemon.poll_s, 5), id="retry")
+        scheduler.add_job(self._prune_job, "interval", hours=6, id="prune", next_run_time=datetime.now(UTC))
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            scheduler.add_job(self.notifier.watchdog, "interval", seconds=interval, id="watchdog",
+                              next_run_time=datetime.now(UTC))
+        scheduler.start()
+        return scheduler
+
+    def _poll_job(self) -> None:
+        try:
+            finished = self.rt.importer.poll_results()
+            self.last_successful_poll = datetime.now(UTC)
+            for file_id in finished:
+                self.notifier.status(f"file {file_id} finished")
+        except TransientError as exc:
+            log.warning("polling results failed (%s); next poll in %ss", exc, self.config.daemon.poll_s)
+        except Exception:
+            log.exception("polling results failed")
+
+    def _rescan_job(self) -> None:
+        self.wake.set()
+
+    def _retry_parked(self, force: bool = False) -> None:
+        """Files left posting (a parked batch, or the instance down) are posted again when due."""
+        now = datetime.now(UTC)
+        for record in self.rt.ledger.files_in_states([FileState.POSTING, FileState.QUEUED]):
+            parked = self.rt.ledger.batches(record.id, [BatchState.PARKED])
+            if parked and not force and any(b.next_attempt_at and b.next_attempt_at > now for b in parked):
+                continue
+            if any(not f.done() for f in self._futures):
+                continue  # a file is being posted: it may be this one
+            if force:
+                for batch in parked:
+                    self.rt.ledger.abandon_batch(batch.id, f"retried ({batch.last_error})")
+            self._submit(record.id)
+        if force:
+            for future in list(self._futures):
+                future.result()
+
+    def _prune_job(self) -> None:
+        try:
+            removed = prune(self.rt, timedelta(days=self.config.daemon.retention_days))
+            if removed:
+                log.info("pruned %s files older than %s days", removed, self.config.daemon.retention_days)
+        except Exception:
+            log.exception("pruning failed")
+
+    def _start_observer(self) -> Any:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        wake = self.wake
+
+        class Wake(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                wake.set()
+
+        observer = Observer()
+        observer.schedule(Wake(), str(self.config.paths.inbox), recursive=True)
+        observer.daemon = True
+        observer.start()
+        return observer
+
+
+def prune(rt: Runtime, retention: timedelta) -> int:
+    """Forget files finished longer ago than ``retention``: their ledger rows, reports and
+    archived copies (they hold personal data)."""
+    cutoff = datetime.now(UTC) - retention
+    removed = 0
+    for record in rt.ledger.finished_before(cutoff):
+        for path in (record.report_path, record.path):
+            if path and Path(path).is_file() and rt.config.paths.state in Path(path).parents:
+                Path(path).unlink()
+        rt.ledger.forget_file(record.id)
+        removed += 1
+    return removed
