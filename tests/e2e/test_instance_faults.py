@@ -1,0 +1,104 @@
+"""How an import behaves when the instance refuses, throttles, fails or drops answers."""
+
+from __future__ import annotations
+
+import json
+
+import requests
+
+from importer.sandbox.defaults import (
+    IMPORT_PASSWORD,
+    NO_ROLES_PASSWORD,
+    NO_ROLES_USER,
+    OAUTH_CLIENT_ID,
+    OAUTH_CLIENT_SECRET,
+)
+from tests.e2e.conftest import REPO, Workspace
+
+SIXTY_USERS = "Emp ID,First,Last,Dept,Title\n" + "".join(
+    f"{500 + i:06d},F{i},L{i},Engineering,T{i}\n" for i in range(60)
+)
+USERS_MAPPING = """
+    staging_table: u_hr_user_import
+    match: ["users*"]
+    batch_rows: 5
+    columns:
+      "Emp ID": "Employee Number"
+      "First": "First Name"
+      "Last": "Last Name"
+      "Dept": "Department"
+      "Title": "Title"
+"""
+
+
+def import_sixty(ws: Workspace) -> tuple[int, dict[str, int], str]:
+    ws.mapping("users", USERS_MAPPING)
+    path = ws.file("users.csv", SIXTY_USERS)
+    result = ws.cli("import", str(path), "--json")
+    rows = json.loads(result.stdout)[0]["rows"] if result.stdout.strip() else {}
+    return result.code, rows, result.output
+
+
+def test_a_wrong_password_is_exit_1_with_an_actionable_message_and_no_secret(workspace: Workspace) -> None:
+    workspace.write_config(password="not-the-password-xyzzy")
+    result = workspace.cli("import", str(REPO / "samples" / "departments.csv"))
+    assert result.code == 1
+    assert "401" in result.stderr and "password" in result.stderr
+    assert "not-the-password-xyzzy" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_user_without_roles_is_exit_1_naming_the_missing_rights(workspace: Workspace) -> None:
+    workspace.write_config(username=NO_ROLES_USER, password=NO_ROLES_PASSWORD)
+    result = workspace.cli("import", str(REPO / "samples" / "departments.csv"))
+    assert result.code == 1
+    assert "403" in result.stderr and "role" in result.stderr
+
+
+def test_an_unknown_staging_table_is_exit_1_naming_the_table(workspace: Workspace) -> None:
+    workspace.mapping(
+        "ghost", 'staging_table: u_no_such_table\nmatch: ["ghost*"]\ncolumns: {"A": "A"}\n'
+    )
+    path = workspace.file("ghost.csv", "A\n1\n")
+    result = workspace.cli("import", str(path))
+    assert result.code == 1
+    assert "u_no_such_table" in result.stderr
+
+
+def test_a_429_storm_completes_every_row(workspace: Workspace) -> None:
+    workspace.server.set_faults(rate_limit_every=2, rate_limit_retry_after=0.1)
+    code, rows, output = import_sixty(workspace)
+    assert code == 0, output
+    assert rows == {"inserted": 60}
+    assert workspace.server.counters()["faults_injected"]["429"] >= 10
+
+
+def test_503s_complete_every_row(workspace: Workspace) -> None:
+    workspace.server.set_faults(error_503_fraction=0.3, seed=7)
+    code, rows, output = import_sixty(workspace)
+    assert code == 0, output
+    assert rows == {"inserted": 60}
+    assert workspace.server.counters()["faults_injected"]["503"] >= 1
+
+
+def test_a_lost_answer_is_found_at_the_instance_and_not_posted_twice(workspace: Workspace) -> None:
+    workspace.server.set_faults(drop_after_commit=[2, 5])
+    code, rows, output = import_sixty(workspace)
+    assert code == 0, output
+    assert rows == {"inserted": 60}
+    assert len(workspace.table("sys_import_set", "table_name=u_hr_user_import")) == 12  # no duplicate set
+    assert len(workspace.table("u_hr_user_import")) == 60
+
+
+def test_oauth_tokens_expiring_mid_file_do_not_stop_the_import(workspace: Workspace) -> None:
+    workspace.write_config(
+        auth="oauth", client_id=OAUTH_CLIENT_ID, client_secret=OAUTH_CLIENT_SECRET, password=IMPORT_PASSWORD
+    )
+    requests.post(
+        f"{workspace.server.url}/sandbox/admin/oauth", json={"access_token_lifetime_s": 1}, timeout=5
+    ).raise_for_status()
+    workspace.server.set_faults(latency_ms=60)  # 12 batches + polling: several token lifetimes
+    code, rows, output = import_sixty(workspace)
+    assert code == 0, output
+    assert rows == {"inserted": 60}
+    assert workspace.server.counters()["requests"].get("oauth", 0) >= 2
