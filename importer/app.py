@@ -87,6 +87,8 @@ def runtime(config: Config, stop_event: threading.Event | None = None) -> Iterat
     ledger = open_ledger(config)
     try:
         with instance_client(config, stop_event) as client:
-            yield Runtime(config, ledger, client, Importer(config, ledger, client, mappings, stop_event=stop_event))
+            yield Runtime(
+                config, ledger, client, Importer(config, ledger, client, mappings, stop_event=stop_event)
+            )
     finally:
         ledger.close()

@@ -35,8 +35,10 @@ def check_file(mappings: dict[str, Mapping], path: Path, explicit: str | None, e
             valid += 1
             if example is None:
                 example = translated.record
-    echo(f"{path.name}: mapping {mapping.name} -> {mapping.staging_table}: {valid} rows would be sent, "
-         f"{invalid} invalid")
+    echo(
+        f"{path.name}: mapping {mapping.name} -> {mapping.staging_table}: {valid} rows would be sent, "
+        f"{invalid} invalid"
+    )
     if example is not None:
         echo(f"  first record as sent: {json.dumps(example, ensure_ascii=False)}")
     return 3 if invalid else 0
@@ -58,11 +60,14 @@ def check_remote(config: Config, mappings: dict[str, Mapping], echo: Echo) -> in
                 )
             )
             if not columns:
-                echo(f"mapping {name}: staging table {mapping.staging_table} has no columns on the instance "
-                     "(does it exist? is the user allowed to read sys_dictionary?)")
+                echo(
+                    f"mapping {name}: staging table {mapping.staging_table} has no columns on the instance "
+                    "(does it exist? is the user allowed to read sys_dictionary?)"
+                )
                 problems += 1
                 continue
             field = "column_label" if mapping.key_by == "label" else "element"
+            kind = "label" if field == "column_label" else "column name"
             known = {str(c.get(field, "")) for c in columns}
             for target in mapping.targets:
                 if target in known:
@@ -71,12 +76,17 @@ def check_remote(config: Config, mappings: dict[str, Mapping], echo: Echo) -> in
                 lowered = {k.lower(): k for k in known}
                 if target.lower() in lowered:
                     hint = f" (the table has {lowered[target.lower()]!r}: labels are case-sensitive)"
-                echo(f"mapping {name}: {target!r} is not a {'label' if field == 'column_label' else 'column name'} "
-                     f"of {mapping.staging_table}{hint}; ServiceNow would drop it silently")
+                echo(
+                    f"mapping {name}: {target!r} is not a {kind} of {mapping.staging_table}{hint}; "
+                    "ServiceNow would drop it silently"
+                )
                 problems += 1
             maps = client.count("sys_transform_map", f"source_table={mapping.staging_table}^active=true")
             if not maps:
-                echo(f"mapping {name}: {mapping.staging_table} has no active transform map; rows would stay in staging")
+                echo(
+                    f"mapping {name}: {mapping.staging_table} has no active transform map; "
+                    "rows would stay in staging"
+                )
                 problems += 1
     if not problems:
         echo("remote check ok: every mapping key is a column of its staging table")

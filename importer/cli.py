@@ -61,8 +61,10 @@ def exit_code_for(summaries: Iterable[FileSummary]) -> int:
     code = EXIT_OK
     for summary in summaries:
         state = summary.file.state
-        if state == FileState.REJECTED or summary.rows.get(RowState.ERROR, 0) or summary.rows.get(
-            RowState.INVALID, 0
+        if (
+            state == FileState.REJECTED
+            or summary.rows.get(RowState.ERROR, 0)
+            or summary.rows.get(RowState.INVALID, 0)
         ):
             code = EXIT_ROWS_FAILED
         elif state in (FileState.QUEUED, FileState.POSTING) and summary.batches_in_flight:
@@ -79,8 +81,13 @@ def _configure_logging(debug: bool) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="importer.toml (default: $IMPORTER_CONFIG, else ./importer.toml, else built-in defaults).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="importer.toml (default: $IMPORTER_CONFIG, else ./importer.toml, else built-in defaults).",
+)
 @click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
 @click.version_option(__version__, prog_name="importer")
 @click.pass_context
@@ -101,8 +108,10 @@ def _print_summaries(summaries: list[FileSummary], as_json: bool, ledger: Ledger
     for s in summaries:
         counts = ", ".join(f"{state} {n}" for state, n in sorted(s.rows.items())) or "no rows"
         flight = f", {s.batches_in_flight} batches in flight" if s.batches_in_flight else ""
-        click.echo(f"#{s.file.id:<5} {s.file.name:<32} {s.file.mapping or '-':<16} {s.file.state:<17} "
-                   f"{counts}{flight}")
+        click.echo(
+            f"#{s.file.id:<5} {s.file.name:<32} {s.file.mapping or '-':<16} {s.file.state:<17} "
+            f"{counts}{flight}"
+        )
         if s.file.error:
             click.echo(f"       {s.file.error}")
         if ledger is not None and (s.rows.get(RowState.ERROR) or s.rows.get(RowState.INVALID)):
@@ -128,14 +137,22 @@ def _progress(enabled: bool) -> Any:
     return (sent, done), Progress(rows_sent=sent.update, rows_finished=done.update)
 
 
-def _import_files(state: State, paths: list[Path], mapping: str | None, wait: bool, as_json: bool,
-                  rerun: tuple[int, bool] | None = None) -> int:
+def _import_files(
+    state: State,
+    paths: list[Path],
+    mapping: str | None,
+    wait: bool,
+    as_json: bool,
+    rerun: tuple[int, bool] | None = None,
+) -> int:
     from importer.app import runtime
 
     bars, progress = _progress(sys.stderr.isatty() and not as_json)
     with runtime(state.config) as rt:
         if mapping is not None and mapping not in rt.importer.mappings:
-            raise UsageError(f"--mapping {mapping}: no such mapping; known: {', '.join(sorted(rt.importer.mappings))}")
+            raise UsageError(
+                f"--mapping {mapping}: no such mapping; known: {', '.join(sorted(rt.importer.mappings))}"
+            )
         if rerun is not None:
             file_ids = [rerun_file(rt, *rerun)]
         else:
@@ -143,7 +160,9 @@ def _import_files(state: State, paths: list[Path], mapping: str | None, wait: bo
         for file_id in file_ids:
             rt.importer.process_file(file_id, progress)
         if wait:
-            rt.importer.wait_for_results(file_ids, poll_s=min(rt.config.daemon.poll_s, 2.0), progress=progress)
+            rt.importer.wait_for_results(
+                file_ids, poll_s=min(rt.config.daemon.poll_s, 2.0), progress=progress
+            )
         if bars:
             for bar in bars:
                 bar.close()
@@ -165,7 +184,9 @@ def rerun_file(rt: Any, file_id: int, failed_only: bool) -> int:
     from pathlib import PurePosixPath
 
     relative = PurePosixPath(original.relative_path)
-    new_id = rt.importer.record_file(path, relative, rerun_of=file_id, rerun_scope="failed" if failed_only else "all")
+    new_id = rt.importer.record_file(
+        path, relative, rerun_of=file_id, rerun_scope="failed" if failed_only else "all"
+    )
     if original.mapping:
         rt.ledger.assign_mapping(new_id, original.mapping, original.staging_table)
     return int(new_id)
@@ -195,11 +216,15 @@ def _command(func: F) -> F:
 @cli.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--mapping", help="Use this mapping (mappings/NAME.yaml) instead of matching file names.")
-@click.option("--no-wait", is_flag=True, help="Return once every batch is posted, without waiting for results.")
+@click.option(
+    "--no-wait", is_flag=True, help="Return once every batch is posted, without waiting for results."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the files as JSON.")
 @click.pass_obj
 @_command
-def import_command(state: State, paths: tuple[Path, ...], mapping: str | None, no_wait: bool, as_json: bool) -> int:
+def import_command(
+    state: State, paths: tuple[Path, ...], mapping: str | None, no_wait: bool, as_json: bool
+) -> int:
     """Import files by hand (they are copied; the originals stay where they are)."""
     for path in paths:
         if not path.is_file():
@@ -270,7 +295,9 @@ def report(state: State, file_id: int, fmt: str, output: Path | None) -> int:
 
 
 @cli.command()
-@click.option("--file", "file_path", type=click.Path(path_type=Path), help="Dry-run this file through its mapping.")
+@click.option(
+    "--file", "file_path", type=click.Path(path_type=Path), help="Dry-run this file through its mapping."
+)
 @click.option("--mapping", help="With --file: use this mapping.")
 @click.option("--remote", is_flag=True, help="Compare mapping labels with the staging tables' real columns.")
 @click.pass_obj
@@ -283,8 +310,10 @@ def check(state: State, file_path: Path | None, mapping: str | None, remote: boo
     from importer.app import open_mappings
 
     mappings = open_mappings(config)
-    click.echo(f"config ok ({config.source or 'built-in defaults'}); {len(mappings)} mappings ok: "
-               f"{', '.join(sorted(mappings))}")
+    click.echo(
+        f"config ok ({config.source or 'built-in defaults'}); {len(mappings)} mappings ok: "
+        f"{', '.join(sorted(mappings))}"
+    )
     code = EXIT_OK
     if file_path is not None:
         code = max(code, check_file(mappings, file_path, mapping, click.echo))
@@ -308,7 +337,9 @@ def run(state: State, once: bool) -> int:
 
 @cli.command()
 @click.option("--port", default=8080, show_default=True, help="Port on 127.0.0.1 (0: any free port).")
-@click.option("--data", type=click.Path(exists=True, path_type=Path), help="Data file (YAML); default: the HR example.")
+@click.option(
+    "--data", type=click.Path(exists=True, path_type=Path), help="Data file (YAML); default: the HR example."
+)
 @click.pass_obj
 @_command
 def sandbox(state: State, port: int, data: Path | None) -> int:

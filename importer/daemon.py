@@ -83,8 +83,10 @@ class Daemon:
         if self._signals > 1:
             log.warning("second %s: exiting now", signal.Signals(signum).name)
             os._exit(EXIT_FAILURE)
-        log.info("%s: finishing the request in flight, then exiting (again to exit now)",
-                 signal.Signals(signum).name)
+        log.info(
+            "%s: finishing the request in flight, then exiting (again to exit now)",
+            signal.Signals(signum).name,
+        )
         self.notifier.stopping()
         self.stop_event.set()
         self.wake.set()
@@ -143,8 +145,11 @@ class Daemon:
                 self.stop_event.wait(min(0.2, max(self.config.daemon.settle_s / 4, 0.05)))
         for future in list(self._futures):
             future.result()
-        file_ids = sorted(set(self._handled) | set(resumed)
-                          | {f.id for f in self.rt.ledger.files_in_states([FileState.TRANSFORMING])})
+        file_ids = sorted(
+            set(self._handled)
+            | set(resumed)
+            | {f.id for f in self.rt.ledger.files_in_states([FileState.TRANSFORMING])}
+        )
         if not self.stop_event.is_set():
             self._retry_parked(force=True)
             self.rt.importer.wait_for_results(file_ids, poll_s=min(self.config.daemon.poll_s, 2.0))
@@ -152,7 +157,12 @@ class Daemon:
         code = EXIT_OK
         for summary in summaries:
             state = summary.file.state
-            if state not in (FileState.DONE, FileState.DUPLICATE, FileState.DONE_WITH_ERRORS, FileState.REJECTED):
+            if state not in (
+                FileState.DONE,
+                FileState.DUPLICATE,
+                FileState.DONE_WITH_ERRORS,
+                FileState.REJECTED,
+            ):
                 return EXIT_FAILURE  # stopped, or the instance kept refusing
             if state in (FileState.REJECTED, FileState.DONE_WITH_ERRORS) or summary.rows.get(RowState.ERROR):
                 code = EXIT_ROWS_FAILED
@@ -205,10 +215,13 @@ class Daemon:
             match = _TAKEN_NAME.match(path.name)
             relative = (
                 PurePosixPath(*(p for p in (match.group("folder"), match.group("name")) if p))
-                if match else PurePosixPath(path.name)
+                if match
+                else PurePosixPath(path.name)
             )
             file_id = self.rt.importer.record_file(path, relative)
-            log.warning("file=%s %s was in processing/ but not in the ledger; recorded it", file_id, path.name)
+            log.warning(
+                "file=%s %s was in processing/ but not in the ledger; recorded it", file_id, path.name
+            )
 
     def _group_of(self, file_id: int) -> str:
         try:
@@ -222,7 +235,9 @@ class Daemon:
         group = self._group_of(file_id)
         worker = self._workers.get(group)
         if worker is None:
-            worker = self._workers[group] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"post-{group}")
+            worker = self._workers[group] = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"post-{group}"
+            )
         self._futures.append(worker.submit(self._post_file, file_id))
 
     def _post_file(self, file_id: int) -> None:
@@ -239,7 +254,9 @@ class Daemon:
             except ImporterError as exc:
                 log.error("file=%s stopped: %s", file_id, exc)
             except Exception:
-                log.exception("file=%s unexpected failure; the file stays in processing/ and is retried", file_id)
+                log.exception(
+                    "file=%s unexpected failure; the file stays in processing/ and is retried", file_id
+                )
 
     def _shutdown_workers(self) -> None:
         for worker in self._workers.values():
@@ -254,15 +271,21 @@ class Daemon:
 
         scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1})
         daemon = self.config.daemon
-        scheduler.add_job(self._poll_job, "interval", seconds=daemon.poll_s, id="poll",
-                          next_run_time=datetime.now(UTC))
+        scheduler.add_job(
+            self._poll_job, "interval", seconds=daemon.poll_s, id="poll", next_run_time=datetime.now(UTC)
+        )
         scheduler.add_job(self._rescan_job, "interval", seconds=daemon.rescan_s, id="rescan")
         scheduler.add_job(self._retry_parked, "interval", seconds=max(daemon.poll_s, 5), id="retry")
         scheduler.add_job(self._prune_job, "interval", hours=6, id="prune", next_run_time=datetime.now(UTC))
         interval = self.notifier.watchdog_interval()
         if interval:
-            scheduler.add_job(self.notifier.watchdog, "interval", seconds=interval, id="watchdog",
-                              next_run_time=datetime.now(UTC))
+            scheduler.add_job(
+                self.notifier.watchdog,
+                "interval",
+                seconds=interval,
+                id="watchdog",
+                next_run_time=datetime.now(UTC),
+            )
         scheduler.start()
         return scheduler
 

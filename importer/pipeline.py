@@ -55,8 +55,10 @@ STAGING_RESULT_FIELDS = (
     "sys_target_table",
     "sys_transform_map",
 )
-_KNOWN_RESULT_STATES = {s.value: s for s in (RowState.INSERTED, RowState.UPDATED, RowState.IGNORED,
-                                               RowState.SKIPPED, RowState.ERROR)}
+_KNOWN_RESULT_STATES = {
+    s.value: s
+    for s in (RowState.INSERTED, RowState.UPDATED, RowState.IGNORED, RowState.SKIPPED, RowState.ERROR)
+}
 
 
 @dataclass
@@ -196,7 +198,9 @@ class Importer:
         if record.rerun_of is not None and record.rerun_scope == "failed":
             only = self.ledger.failed_source_rows(record.rerun_of)
         invalid: list[tuple[int, str]] = []
-        with open_source(Path(record.path), csv=mapping.csv, excel=mapping.excel, json=mapping.json) as source:
+        with open_source(
+            Path(record.path), csv=mapping.csv, excel=mapping.excel, json=mapping.json
+        ) as source:
             if source.headers is not None:
                 check_headers(mapping, source.headers)
             for row in source:
@@ -216,7 +220,9 @@ class Importer:
         record = self.ledger.get_file(file_id)
         assert record is not None
         found: list[str] = []
-        with open_source(Path(record.path), csv=mapping.csv, excel=mapping.excel, json=mapping.json) as source:
+        with open_source(
+            Path(record.path), csv=mapping.csv, excel=mapping.excel, json=mapping.json
+        ) as source:
             if source.headers is not None:
                 check_headers(mapping, source.headers)
             for row in source:
@@ -246,8 +252,13 @@ class Importer:
             if isinstance(item, OversizeRow):
                 self.ledger.record_invalid_rows(
                     file_id,
-                    [(item.row.number, f"row is {item.size} bytes as JSON; a request may not exceed "
-                                       f"{item.limit} bytes (instance.max_request_bytes)")],
+                    [
+                        (
+                            item.row.number,
+                            f"row is {item.size} bytes as JSON; a request may not exceed "
+                            f"{item.limit} bytes (instance.max_request_bytes)",
+                        )
+                    ],
                 )
                 outcome.invalid += 1
                 continue
@@ -309,10 +320,16 @@ class Importer:
                     return True
                 first, second = split_batch(batch)
                 log.info("file=%s batch split in two (%s rows): body too large", file_id, len(batch.rows))
-                return self._post_batch(file_id, mapping, first) and self._post_batch(file_id, mapping, second)
+                return self._post_batch(file_id, mapping, first) and self._post_batch(
+                    file_id, mapping, second
+                )
             except AmbiguousResponse as exc:
-                log.warning("file=%s batch=%s answer lost (%s); looking for it at the instance",
-                            file_id, batch_id, exc)
+                log.warning(
+                    "file=%s batch=%s answer lost (%s); looking for it at the instance",
+                    file_id,
+                    batch_id,
+                    exc,
+                )
                 return self._resolve_ambiguous(file_id, mapping, batch_id, rows=batch.rows)
             except TransientError as exc:
                 self.ledger.park_batch(batch_id, str(exc), datetime.now(UTC) + PARK_DELAY)
@@ -324,8 +341,14 @@ class Importer:
             self.ledger.mark_batch_posted(batch_id, ref.import_set_id, ref.multi_import_set_id)
             if record.multi_import_set_id is None:
                 self.ledger.set_multi_import_set(file_id, ref.multi_import_set_id)
-            log.info("file=%s batch=%s rows=%s import_set=%s run_after=%s", file_id, batch_id,
-                     len(batch.rows), ref.import_set_id, run_after)
+            log.info(
+                "file=%s batch=%s rows=%s import_set=%s run_after=%s",
+                file_id,
+                batch_id,
+                len(batch.rows),
+                ref.import_set_id,
+                run_after,
+            )
             return True
 
     # -- crash recovery ----------------------------------------------------------------------
@@ -359,7 +382,9 @@ class Importer:
         if found is not None:
             import_set_id, multi_id = found
             self.ledger.mark_batch_posted(batch_id, import_set_id, multi_id)
-            log.info("file=%s batch=%s found at the instance as import set %s", file_id, batch_id, import_set_id)
+            log.info(
+                "file=%s batch=%s found at the instance as import set %s", file_id, batch_id, import_set_id
+            )
             return True
         self.ledger.abandon_batch(batch_id, "not found at the instance after a lost answer; sent again")
         if rows is None:
@@ -400,13 +425,17 @@ class Importer:
             self._transform_maps[staging_table] = int(count) if isinstance(count, int) else 1
         return self._transform_maps[staging_table]
 
-    def poll_results(self, file_ids: Iterable[int] | None = None, progress: Progress | None = None) -> list[int]:
+    def poll_results(
+        self, file_ids: Iterable[int] | None = None, progress: Progress | None = None
+    ) -> list[int]:
         """One round: ask the instance which posted import sets are processed (one Table API query
         per 100 sets), record their rows' results, finish files whose every row has one."""
         progress = progress or Progress()
         wanted = set(file_ids) if file_ids is not None else None
         waiting = [
-            b for b in self.ledger.batches_in_state(BatchState.POSTED) if wanted is None or b.file_id in wanted
+            b
+            for b in self.ledger.batches_in_state(BatchState.POSTED)
+            if wanted is None or b.file_id in wanted
         ]
         states: dict[str, str] = {}
         ids = sorted({b.import_set_id for b in waiting if b.import_set_id})
@@ -431,7 +460,9 @@ class Importer:
                 touched.add(batch.file_id)
         finished = []
         candidates = touched | {
-            f.id for f in self.ledger.files_in_states([FileState.TRANSFORMING]) if wanted is None or f.id in wanted
+            f.id
+            for f in self.ledger.files_in_states([FileState.TRANSFORMING])
+            if wanted is None or f.id in wanted
         }
         for file_id in sorted(candidates):
             file = self.ledger.get_file(file_id)
@@ -449,9 +480,10 @@ class Importer:
             f"import set {batch.import_set_id} is not on the instance any more (cleaned up?): "
             "the result of this row is unknown; check the target table and re-run the file if needed"
         )
-        self.ledger.record_row_results(batch.id, [
-            RowResult(batch_index=i, state=RowState.ERROR, message=message) for i in range(batch.row_count)
-        ])
+        self.ledger.record_row_results(
+            batch.id,
+            [RowResult(batch_index=i, state=RowState.ERROR, message=message) for i in range(batch.row_count)],
+        )
 
     def record_batch_results(self, staging_table: str, batch: BatchRecord) -> None:
         staging_rows = list(
@@ -481,7 +513,8 @@ class Importer:
                             target_table=result.get("table"),
                             target_sys_id=result.get("sys_id"),
                             display_value=result.get("display_value"),
-                            message=result.get("error_message") or result.get("status_message")
+                            message=result.get("error_message")
+                            or result.get("status_message")
                             or (None if status in _KNOWN_RESULT_STATES else f"unexpected status {status!r}"),
                             staging_sys_id=staging_sys_id,
                         )
@@ -519,7 +552,12 @@ class Importer:
         log.info("file=%s name=%s finished rows=%s", file_id, record.name, self.ledger.row_counts(file_id))
 
     def wait_for_results(
-        self, file_ids: list[int], *, poll_s: float, timeout_s: float | None = None, progress: Progress | None = None
+        self,
+        file_ids: list[int],
+        *,
+        poll_s: float,
+        timeout_s: float | None = None,
+        progress: Progress | None = None,
     ) -> bool:
         """Poll until every file is final; False if stopped or timed out first."""
         deadline = None if timeout_s is None else datetime.now(UTC) + timedelta(seconds=timeout_s)

@@ -15,7 +15,9 @@ class FileState(StrEnum):
     DUPLICATE = "duplicate"  # same content imported before; not posted
 
 
-FINAL_FILE_STATES = frozenset({FileState.DONE, FileState.DONE_WITH_ERRORS, FileState.REJECTED, FileState.DUPLICATE})
+FINAL_FILE_STATES = frozenset(
+    {FileState.DONE, FileState.DONE_WITH_ERRORS, FileState.REJECTED, FileState.DUPLICATE}
+)
 
 
 class BatchState(StrEnum):
@@ -44,7 +46,13 @@ FAILED_ROW_STATES = frozenset({RowState.ERROR, RowState.INVALID})
 
 # When a staging table has several transform maps a row gets one result per map; its own
 # state is the most telling of them: any error wins, then a change, then no change.
-_ROW_STATE_PRIORITY = [RowState.ERROR, RowState.INSERTED, RowState.UPDATED, RowState.SKIPPED, RowState.IGNORED]
+_ROW_STATE_PRIORITY = [
+    RowState.ERROR,
+    RowState.INSERTED,
+    RowState.UPDATED,
+    RowState.SKIPPED,
+    RowState.IGNORED,
+]
 
 
 def combined_row_state(map_states: list[RowState]) -> RowState:

@@ -313,7 +313,9 @@ class Ledger:
             raise IllegalTransition(f"file {file_id} is not in the ledger")
         if FileState(state) not in set(allowed):
             raise IllegalTransition(f"file {file_id} is {state}; it cannot become {new}")
-        conn.execute(update(files).where(files.c.id == file_id).values(state=new, updated_at=utcnow(), **values))
+        conn.execute(
+            update(files).where(files.c.id == file_id).values(state=new, updated_at=utcnow(), **values)
+        )
 
     def assign_mapping(self, file_id: int, mapping: str, staging_table: str) -> None:
         with self._connect() as conn:
@@ -338,8 +340,12 @@ class Ledger:
     def mark_rejected(self, file_id: int, reason: str) -> None:
         with self._connect() as conn:
             self._transition(
-                conn, file_id, [FileState.QUEUED, FileState.POSTING], FileState.REJECTED,
-                error=reason, finished_at=utcnow(),
+                conn,
+                file_id,
+                [FileState.QUEUED, FileState.POSTING],
+                FileState.REJECTED,
+                error=reason,
+                finished_at=utcnow(),
             )
             # Rows of a refused file were never sent; the batches that were not posted go too.
             conn.execute(delete(rows).where(rows.c.file_id == file_id, rows.c.state == RowState.PENDING))
@@ -350,7 +356,9 @@ class Ledger:
 
     def mark_transforming(self, file_id: int) -> None:
         with self._connect() as conn:
-            self._transition(conn, file_id, [FileState.POSTING, FileState.TRANSFORMING], FileState.TRANSFORMING)
+            self._transition(
+                conn, file_id, [FileState.POSTING, FileState.TRANSFORMING], FileState.TRANSFORMING
+            )
 
     def finish_file(self, file_id: int) -> FileState:
         """Every row has its result: the file is done, or done with errors."""
@@ -444,7 +452,9 @@ class Ledger:
                             .select_from(batches)
                             .where(
                                 batches.c.file_id == record.id,
-                                batches.c.state.in_([BatchState.POSTING, BatchState.POSTED, BatchState.PARKED]),
+                                batches.c.state.in_(
+                                    [BatchState.POSTING, BatchState.POSTED, BatchState.PARKED]
+                                ),
                             )
                         ).scalar()
                         or 0
@@ -540,16 +550,24 @@ class Ledger:
         """Sending failed in a way that proves the instance did not take it: retry later."""
         with self._connect() as conn:
             self._batch_transition(
-                conn, batch_id, [BatchState.POSTING], BatchState.PARKED,
-                last_error=error, next_attempt_at=next_attempt_at,
+                conn,
+                batch_id,
+                [BatchState.POSTING],
+                BatchState.PARKED,
+                last_error=error,
+                next_attempt_at=next_attempt_at,
             )
 
     def abandon_batch(self, batch_id: int, reason: str) -> None:
         """The batch never reached the instance: forget its rows so they are sent in a new batch."""
         with self._connect() as conn:
             self._batch_transition(
-                conn, batch_id, [BatchState.POSTING, BatchState.PARKED], BatchState.ABANDONED,
-                last_error=reason, completed_at=utcnow(),
+                conn,
+                batch_id,
+                [BatchState.POSTING, BatchState.PARKED],
+                BatchState.ABANDONED,
+                last_error=reason,
+                completed_at=utcnow(),
             )
             conn.execute(delete(rows).where(rows.c.batch_id == batch_id))
 
@@ -629,7 +647,9 @@ class Ledger:
             members = {
                 index: (row_id, source_row)
                 for row_id, index, source_row in conn.execute(
-                    select(rows.c.id, rows.c.batch_index, rows.c.source_row).where(rows.c.batch_id == batch_id)
+                    select(rows.c.id, rows.c.batch_index, rows.c.source_row).where(
+                        rows.c.batch_id == batch_id
+                    )
                 )
             }
             by_index: dict[int, list[RowResult]] = {}
@@ -707,10 +727,16 @@ class Ledger:
         """Files and rows by state, for metrics."""
         with self._connect() as conn:
             file_counts = Counter(
-                {str(s): int(n) for s, n in conn.execute(select(files.c.state, func.count()).group_by(files.c.state))}
+                {
+                    str(s): int(n)
+                    for s, n in conn.execute(select(files.c.state, func.count()).group_by(files.c.state))
+                }
             )
             row_counts = Counter(
-                {str(s): int(n) for s, n in conn.execute(select(rows.c.state, func.count()).group_by(rows.c.state))}
+                {
+                    str(s): int(n)
+                    for s, n in conn.execute(select(rows.c.state, func.count()).group_by(rows.c.state))
+                }
             )
             return file_counts, row_counts
 
@@ -733,9 +759,11 @@ class Ledger:
                 results.c.import_set_id,
                 results.c.staging_sys_id,
             )
-            .select_from(rows.outerjoin(results, results.c.row_id == rows.c.id).outerjoin(
-                batches, batches.c.id == rows.c.batch_id
-            ))
+            .select_from(
+                rows.outerjoin(results, results.c.row_id == rows.c.id).outerjoin(
+                    batches, batches.c.id == rows.c.batch_id
+                )
+            )
             .where(rows.c.file_id == file_id)
             .order_by(rows.c.source_row, results.c.id)
         )

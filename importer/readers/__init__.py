@@ -1,0 +1,61 @@
+"""A dropped file -> rows of (row number as a person sees it, {header: text}).
+
+    with open_source(path, csv=..., excel=..., json=...) as source:
+        source.headers  # list[str] for CSV/Excel, None for JSON
+        for row in source:  # SourceRow, streamed
+            ...
+
+The format is chosen by the file's suffix. A file refused as a whole raises
+``InputFileError`` — on opening, or while iterating when the fault lies further in the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from importer.errors import InputFileError
+from importer.readers._source import RowSource
+from importer.readers.base import SourceRow
+from importer.readers.csv import CsvSource
+from importer.readers.excel import ExcelSource
+from importer.readers.json import JsonSource
+from importer.readers.options import CsvOptions, ExcelOptions, JsonOptions
+
+CSV_SUFFIXES = {".csv": None, ".txt": None, ".tsv": "\t"}  # suffix -> delimiter when not declared
+EXCEL_SUFFIXES = (".xlsx", ".xlsm")
+JSON_SUFFIXES = (".json",)
+SUPPORTED_SUFFIXES = (*CSV_SUFFIXES, *EXCEL_SUFFIXES, *JSON_SUFFIXES)
+
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "CsvOptions",
+    "ExcelOptions",
+    "JsonOptions",
+    "RowSource",
+    "SourceRow",
+    "open_source",
+]
+
+
+def open_source(
+    path: Path,
+    csv: CsvOptions = CsvOptions(),  # noqa: B008 - frozen dataclasses, safe as defaults
+    excel: ExcelOptions = ExcelOptions(),  # noqa: B008
+    json: JsonOptions = JsonOptions(),  # noqa: B008
+) -> RowSource:
+    """Open ``path`` for reading rows; use it as a context manager so the file is closed."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        return CsvSource(path, csv, default_delimiter=CSV_SUFFIXES[suffix])
+    if suffix in EXCEL_SUFFIXES:
+        return ExcelSource(path, excel)
+    if suffix in JSON_SUFFIXES:
+        return JsonSource(path, json)
+    supported = ", ".join(SUPPORTED_SUFFIXES)
+    if suffix == ".xls":
+        message = f"{path.name}: old .xls workbooks cannot be read: open it in Excel and save it as .xlsx."
+    else:
+        what = f"{suffix!r} files" if suffix else "files without a suffix"
+        message = f"{path.name}: {what} cannot be read; supported: {supported}."
+    raise InputFileError(message, file=str(path))

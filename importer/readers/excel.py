@@ -1,0 +1,214 @@
+"""Excel .xlsx/.xlsm workbooks, read as a stream with openpyxl's read-only reader.
+
+Why openpyxl rather than python-calamine (see tests/bench/test_reader_speed.py): calamine
+is several times faster, but it reports error cells (``#N/A``) as empty cells, and it loads
+the whole sheet into memory before the first row, where openpyxl's read-only mode streams the
+sheet's XML row by row. Both would break a promise (error text; memory bounded by what the
+caller holds), so the measured speed difference does not decide it.
+
+Values follow the product's promise: text stays text, numbers carry no ``.0`` artefact,
+dates are ``yyyy-MM-dd`` (with `` HH:mm:ss`` when they carry a time), booleans are
+``TRUE``/``FALSE`` as Excel shows them, formulas by their cached value, error cells by their
+error text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import openpyxl
+
+from importer.readers._source import (
+    HeaderLayout,
+    RowSource,
+    header_layout,
+    stray_cells_problem,
+)
+from importer.readers.base import SourceRow
+from importer.readers.options import ExcelOptions
+
+CORRUPT_HINT = "open it in Excel and save it again as .xlsx (a password-protected workbook cannot be read)"
+
+
+class ExcelSource(RowSource):
+    kind = "excel"
+
+    def __init__(self, path: Path, options: ExcelOptions) -> None:
+        self.path = path
+        if options.header_row < 1:
+            raise self.refuse(
+                f"the mapping's excel header_row is {options.header_row}: rows are numbered from 1."
+            )
+        try:
+            # openpyxl raises a zoo of exceptions for files that are not workbooks (BadZipFile,
+            # KeyError for a missing part, XML parse errors, ValueError...): all mean "corrupt".
+            self._workbook = openpyxl.load_workbook(path, read_only=True, data_only=True, keep_links=False)
+        except OSError as exc:
+            raise self.refuse(f"cannot be opened: {exc.strerror or exc}") from exc
+        except Exception as exc:
+            raise self.refuse(
+                f"is not a readable .xlsx workbook ({_describe(exc)}); {CORRUPT_HINT}."
+            ) from exc
+        try:
+            self._sheet = self._choose_sheet(options.sheet)
+            self.sheet_name: str = self._sheet.title
+            # The <dimension> a workbook declares can be wrong (some generators write "A1"):
+            # forget it so every row is read, at the price of rows of uneven length.
+            self._sheet.reset_dimensions()
+            self._rows = self._sheet.iter_rows(min_row=options.header_row, values_only=True)
+            self._number = options.header_row - 1  # the sheet row number of the row last read
+            self._layout = self._read_header(options.header_row)
+            self.headers: list[str] | None = list(self._layout.names)
+        except BaseException:
+            self._workbook.close()
+            raise
+
+    def close(self) -> None:
+        self._workbook.close()
+
+    def __iter__(self) -> Iterator[SourceRow]:
+        layout = self._layout
+        while (cells := self._next_row()) is not None:
+            texts = [cell_text(v) for v in cells]
+            if not any(texts):
+                continue  # fully empty rows are skipped; numbering keeps the sheet's rows
+            problem = None
+            if stray := layout.stray_cells(texts):
+                problem = stray_cells_problem(self._number, stray, layout, "excel")
+            yield SourceRow(self._number, layout.row_values(texts), problem)
+
+    def _choose_sheet(self, wanted: str | int | None) -> Any:
+        worksheets = self._workbook.worksheets  # chart sheets hold no rows, so they are left out
+        names = [ws.title for ws in worksheets]
+        listed = ", ".join(f'"{n}"' for n in names)
+        if not worksheets:
+            raise self.refuse("the workbook has no worksheet.")
+        if wanted is None:
+            return worksheets[0]
+        if isinstance(wanted, int):
+            if 0 <= wanted < len(worksheets):
+                return worksheets[wanted]
+            raise self.refuse(
+                f"the mapping asks for sheet index {wanted} (0-based) but the workbook has "
+                f"{len(worksheets)} sheet(s): {listed}."
+            )
+        for ws, name in zip(worksheets, names, strict=True):
+            if name == wanted:
+                return ws
+        for ws, name in zip(worksheets, names, strict=True):
+            if name.strip().casefold() == wanted.strip().casefold():
+                return ws  # "employees " and "Employees" are the same sheet to a person
+        raise self.refuse(f'has no sheet "{wanted}"; its sheets are: {listed}. Fix excel: {{sheet: ...}}.')
+
+    def _read_header(self, header_row: int) -> HeaderLayout:
+        cells = self._next_row()
+        raw = [cell_text(v) for v in cells] if cells is not None else []
+        if not any(raw):
+            filled = self._first_and_last_filled_rows()
+            if filled is None:
+                raise self.refuse(f'sheet "{self.sheet_name}" is empty: there is no header row.')
+            first, last = filled
+            if header_row > last:
+                raise self.refuse(
+                    f"the mapping's excel header_row {header_row} is beyond the last row ({last}) "
+                    f'of sheet "{self.sheet_name}".'
+                )
+            raise self.refuse(
+                f'row {header_row} of sheet "{self.sheet_name}" is empty (the first row with content '
+                f"is {first}): set excel: {{header_row: N}} in the mapping to the row of column names."
+            )
+        layout, wrong = header_layout(raw, "excel")
+        if layout is None:
+            raise self.refuse(f'{wrong} (sheet "{self.sheet_name}", row {header_row}).')
+        return layout
+
+    def _first_and_last_filled_rows(self) -> tuple[int, int] | None:
+        """Only to explain a missing header: a second pass over the sheet."""
+        first = last = 0
+        try:
+            for number, cells in enumerate(self._sheet.iter_rows(values_only=True), start=1):
+                if any(cell_text(v) for v in cells):
+                    first = first or number
+                    last = number
+        except Exception as exc:
+            raise self.refuse(
+                f"is not a readable .xlsx workbook ({_describe(exc)}); {CORRUPT_HINT}."
+            ) from exc
+        return (first, last) if last else None
+
+    def _next_row(self) -> tuple[Any, ...] | None:
+        try:
+            cells = next(self._rows)
+        except StopIteration:
+            return None
+        except Exception as exc:  # a damaged sheet part: XML errors, bad cell references
+            raise self.refuse(
+                f'sheet "{self.sheet_name}" is damaged after row {self._number} ({_describe(exc)}); '
+                f"{CORRUPT_HINT}.",
+                row=self._number + 1,
+            ) from exc
+        self._number += 1
+        return cells
+
+
+def cell_text(value: object) -> str:
+    """A cell's value as the text the import sends (see the module docstring)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value  # text cells, and error cells (openpyxl gives their text, e.g. "#N/A")
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return number_text(value)
+    if isinstance(value, dt.datetime):
+        value = _round_to_second(value)
+        if value.time() == dt.time(0, 0):
+            return value.strftime("%Y-%m-%d")  # a date cell is a datetime at midnight
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, dt.date):
+        return value.strftime("%Y-%m-%d")
+    if isinstance(value, dt.time):
+        moment = _round_to_second(dt.datetime.combine(dt.date(2000, 1, 1), value))
+        return moment.strftime("%H:%M:%S")
+    if isinstance(value, dt.timedelta):  # a duration format such as [h]:mm:ss
+        seconds = round(value.total_seconds())
+        sign, seconds = ("-", -seconds) if seconds < 0 else ("", seconds)
+        hours, rest = divmod(seconds, 3600)
+        return f"{sign}{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    return str(value)
+
+
+def number_text(value: float) -> str:
+    """A number as Excel's General format would show it, without its 15-digit rounding.
+
+    Integral values lose the ``.0``; others use the shortest text that reads back as the same
+    float (``0.1``, not ``0.1000000000000000055``); ordinary magnitudes (1e-7 to 1e21, the
+    range JavaScript also writes in plain digits) never use scientific notation.
+    """
+    if value != value or value in (float("inf"), float("-inf")):
+        return repr(value)
+    magnitude = abs(value)
+    if value.is_integer() and magnitude < 1e21:
+        return str(int(value))
+    if 1e-7 <= magnitude < 1e21:
+        return format(Decimal(repr(value)), "f")
+    return repr(value)
+
+
+def _round_to_second(moment: dt.datetime) -> dt.datetime:
+    # Excel stores times as fractions of a day; 13:45:07 may come back as 13:45:06.999999.
+    if moment.microsecond >= 500_000:
+        moment += dt.timedelta(seconds=1)
+    return moment.replace(microsecond=0)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
