@@ -106,6 +106,7 @@ class Daemon:
         with runtime(self.config, self.stop_event) as rt:
             self.rt = rt
             self._adopt_unrecorded_files()
+            self._file_away_finished()
             resumed = [f.id for f in rt.ledger.files_in_states([FileState.QUEUED, FileState.POSTING])]
             for file_id in resumed:
                 log.info("file=%s resuming after a restart", file_id)
@@ -222,6 +223,20 @@ class Daemon:
             log.warning(
                 "file=%s %s was in processing/ but not in the ledger; recorded it", file_id, path.name
             )
+
+    def _file_away_finished(self) -> None:
+        """A file whose last state was recorded just before a crash, but not yet moved on."""
+        processing = self.config.paths.processing.resolve()
+        finished = [FileState.DONE, FileState.DONE_WITH_ERRORS, FileState.DUPLICATE, FileState.REJECTED]
+        for record in self.rt.ledger.files_in_states(finished):
+            path = Path(record.path)
+            if record.rerun_of is not None or not path.is_file() or path.resolve().parent != processing:
+                continue
+            if record.state == FileState.REJECTED:
+                moved = inbox.fail_file(path, self.config.paths.failed, record.error or "rejected")
+                self.rt.ledger.set_file_path(record.id, str(moved))
+            else:
+                self.rt.importer.complete_file(record.id)
 
     def _group_of(self, file_id: int) -> str:
         try:

@@ -1,0 +1,201 @@
+"""The daemon as a real subprocess (`python -m importer run`) against a sandbox in this process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from importer.sandbox import SandboxServer
+from importer.sandbox.defaults import ADMIN_PASSWORD, ADMIN_USER, IMPORT_PASSWORD, IMPORT_USER
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class DaemonHost:
+    root: Path
+    server: SandboxServer
+    ledger_url: str
+    daemon: dict[str, Any] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    runs: int = 0
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "importer.toml"
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "var"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / f"daemon-{self.runs}.log"
+
+    def write_config(self, **daemon: Any) -> None:
+        settings = {"settle_s": 0.5, "poll_s": 0.3, "rescan_s": 1, "watch": True, "max_concurrent_files": 2}
+        settings.update(self.daemon)
+        settings.update(daemon)
+        lines = [
+            "[instance]",
+            f'url = "{self.server.url}"',
+            f'username = "{IMPORT_USER}"',
+            "retry_backoff_s = 0.05",
+            "retry_backoff_max_s = 0.5",
+            "timeout_s = 10",
+            "[paths]",
+            f'inbox = "{self.inbox}"',
+            f'mappings = "{self.root / "mappings"}"',
+            f'state = "{self.state}"',
+            f'ledger = "{self.ledger_url}"',
+            "[daemon]",
+        ]
+        lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("IMPORTER_", "NOTIFY_", "WATCHDOG_"))}
+        env["IMPORTER_INSTANCE__PASSWORD"] = IMPORT_PASSWORD
+        env.update(extra)
+        return env
+
+    def start(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        assert self.process is None or self.process.poll() is not None, "daemon already running"
+        self.runs += 1
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "importer", "--config", str(self.config_path), "run", *args],
+            cwd=self.root,
+            env=self.env(**env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        return self.process
+
+    def logs(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace") for p in sorted(self.root.glob("daemon-*.log"))
+        )
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"daemon did not exit within {timeout}s; log:\n{self.logs()}") from None
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "importer", "--config", str(self.config_path), *args],
+            cwd=self.root, env=self.env(), capture_output=True, text=True, timeout=120,
+        )
+
+    def status(self) -> list[dict[str, Any]]:
+        result = self.cli("status", "--json", "--limit", "100")
+        assert result.returncode == 0, result.stderr
+        return list(json.loads(result.stdout))
+
+    def report(self, file_id: int) -> list[dict[str, Any]]:
+        result = self.cli("report", str(file_id), "--format", "json")
+        assert result.returncode == 0, result.stderr
+        return list(json.loads(result.stdout))
+
+    def wait_final(self, count: int, timeout: float = 60) -> list[dict[str, Any]]:
+        final = {"done", "done_with_errors", "rejected", "duplicate"}
+
+        def all_final() -> list[dict[str, Any]] | None:
+            files = self.status()
+            return files if len(files) >= count and all(f["state"] in final for f in files) else None
+
+        try:
+            return list(wait_for(all_final, timeout, f"{count} files to finish"))
+        except AssertionError:
+            raise AssertionError(f"files did not finish: {self.status()}\nlog:\n{self.logs()}") from None
+
+    def table(self, table: str, query: str = "", fields: str = "") -> list[dict[str, Any]]:
+        params = {"sysparm_query": query, "sysparm_exclude_reference_link": "true"}
+        if fields:
+            params["sysparm_fields"] = fields
+        response = requests.get(
+            f"{self.server.url}/api/now/table/{table}", params=params,
+            auth=(ADMIN_USER, ADMIN_PASSWORD), headers={"Accept": "application/json"}, timeout=10,
+        )
+        response.raise_for_status()
+        return list(response.json()["result"])
+
+    def mapping(self, name: str, text: str) -> None:
+        (self.root / "mappings" / f"{name}.yaml").write_text(textwrap.dedent(text))
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+@pytest.fixture
+def make_host(tmp_path: Path, ledger_url: str) -> Iterator[Callable[..., DaemonHost]]:
+    hosts: list[DaemonHost] = []
+    servers: list[SandboxServer] = []
+
+    def build(data: Any = None, **daemon: Any) -> DaemonHost:
+        server = SandboxServer(data=data)
+        server.start()
+        servers.append(server)
+        host = DaemonHost(tmp_path, server, ledger_url, daemon)
+        shutil.copytree(REPO / "mappings", tmp_path / "mappings")
+        host.inbox.mkdir()
+        host.write_config()
+        hosts.append(host)
+        return host
+
+    yield build
+    for host in hosts:
+        host.stop()
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def host(make_host: Callable[..., DaemonHost]) -> DaemonHost:
+    return make_host()
+
+
+from tests.db_fixtures import ledger_url  # noqa: E402,F401  (fixture, on SQLite and PostgreSQL)

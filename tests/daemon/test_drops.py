@@ -1,0 +1,202 @@
+"""Files dropped into the inbox of a running daemon (a real subprocess)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+from tests.daemon.conftest import REPO, DaemonHost, wait_for
+
+USERS = """
+    staging_table: u_hr_user_import
+    match: ["users*"]
+    batch_rows: 10
+    columns:
+      "Emp ID": {to: "Employee Number", required: true}
+      "First": "First Name"
+      "Last": "Last Name"
+      "Dept": "Department"
+      "Title": "Title"
+"""
+
+
+def users_csv(count: int, start: int = 100, title: str = "T") -> str:
+    return "Emp ID,First,Last,Dept,Title\n" + "".join(
+        f"{start + i:06d},F{start + i},L{start + i},Engineering,{title}{i}\n" for i in range(count)
+    )
+
+
+def test_copied_renamed_and_slowly_written_files_are_each_taken_once_when_complete(host: DaemonHost) -> None:
+    host.mapping("users", USERS)
+    host.write_config(settle_s=1.0)
+    host.start()
+    shutil.copy(REPO / "samples" / "departments.csv", host.inbox / "departments.csv")  # by copy
+    staged = host.root / "users-renamed.csv"
+    staged.write_text(users_csv(25, start=300))
+    os.rename(staged, host.inbox / "users-renamed.csv")  # by atomic rename
+
+    content = users_csv(40, start=500).encode()
+    chunks = [content[i : i + len(content) // 6 + 1] for i in range(0, len(content), len(content) // 6 + 1)]
+
+    def write_slowly() -> None:  # over ~3 s, longer than settle_s between the first and last byte
+        with open(host.inbox / "users-slow.csv", "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+                out.flush()
+                time.sleep(0.5)
+
+    writer = threading.Thread(target=write_slowly)
+    writer.start()
+    writer.join()
+    files = host.wait_final(3)
+    by_name = {f["name"]: f for f in files}
+    assert set(by_name) == {"departments.csv", "users-renamed.csv", "users-slow.csv"}
+    assert by_name["users-slow.csv"]["rows"] == {"inserted": 40}  # the whole file, not a prefix
+    assert by_name["users-renamed.csv"]["rows"] == {"inserted": 25}
+    assert sorted(p.name for p in host.inbox.iterdir()) == []
+    archived = sorted(p.name for p in (host.state / "archive").rglob("*.csv"))
+    assert len(archived) == 3
+
+
+def test_lock_and_temporary_files_are_left_alone(host: DaemonHost) -> None:
+    host.mapping("users", USERS)
+    host.start()
+    ignored = ["~$users.xlsx", ".users.csv.swp", "users.csv.tmp", "users2.csv.part", "users3.csv.crdownload"]
+    for name in ignored:
+        (host.inbox / name).write_text(users_csv(2))
+    (host.inbox / "users.csv").write_text(users_csv(3))
+    files = host.wait_final(1)
+    time.sleep(1.5)  # a few more scans: still nothing else taken
+    assert [f["name"] for f in host.status()] == ["users.csv"] == [f["name"] for f in files]
+    assert sorted(p.name for p in host.inbox.iterdir()) == sorted(ignored)
+
+
+def test_polling_only_mode_finds_files_without_file_events(host: DaemonHost) -> None:
+    host.write_config(watch=False, rescan_s=0.5)
+    host.start()
+    shutil.copy(REPO / "samples" / "departments.csv", host.inbox / "departments.csv")
+    [file] = host.wait_final(1)
+    assert file["state"] == "done"
+
+
+def test_run_once_takes_the_inbox_waits_for_results_and_exits_with_the_outcome(host: DaemonHost) -> None:
+    shutil.copy(REPO / "samples" / "departments.csv", host.inbox / "departments.csv")
+    shutil.copy(REPO / "samples" / "hr_users.csv", host.inbox / "hr_users.csv")
+    host.start("--once")
+    assert host.wait_exit(60) == 3  # the sample has rows in error and one invalid row
+    states = {f["name"]: f["state"] for f in host.status()}
+    assert states == {"departments.csv": "done", "hr_users.csv": "done_with_errors"}
+    host.start("--once")
+    assert host.wait_exit(30) == 0  # nothing new to do
+
+
+def test_the_same_file_dropped_twice_is_a_duplicate_and_posted_once(host: DaemonHost) -> None:
+    host.start()
+    shutil.copy(REPO / "samples" / "departments.csv", host.inbox / "departments.csv")
+    host.wait_final(1)
+    shutil.copy(REPO / "samples" / "departments.csv", host.inbox / "departments-again.csv")
+    files = host.wait_final(2)
+    assert [f["state"] for f in files] == ["done", "duplicate"]
+    assert len(host.table("sys_import_set", "table_name=u_department_import")) == 1
+    assert len(list((host.state / "archive").rglob("departments*.csv"))) == 2  # nothing deleted
+
+
+def test_a_symlink_in_the_inbox_is_never_followed(host: DaemonHost, tmp_path: Path) -> None:
+    secret = tmp_path / "outside" / "departments-secret.csv"
+    secret.parent.mkdir()
+    secret.write_text("Code,Name\nSEC,Secret\n")
+    (host.inbox / "departments-link.csv").symlink_to(secret)
+    shutil.copy(REPO / "samples" / "departments.csv", host.inbox / "departments.csv")
+    host.start()
+    host.wait_final(1)
+    time.sleep(1)
+    assert [f["name"] for f in host.status()] == ["departments.csv"]
+    assert secret.read_text() == "Code,Name\nSEC,Secret\n" and (host.inbox / "departments-link.csv").is_symlink()
+    assert host.table("cmn_department", "id=SEC") == []
+
+
+def test_sigterm_mid_file_exits_within_10s_and_a_restart_completes_it(host: DaemonHost) -> None:
+    host.mapping("users", USERS)
+    host.server.set_faults(latency_ms=300, endpoints=["insertMultiple"])
+    (host.inbox / "users.csv").write_text(users_csv(100, start=700))
+    host.start()
+    wait_for(lambda: host.server.counters()["requests"].get("insertMultiple", 0) >= 2, 30, "posting to start")
+    assert host.process is not None
+    started = time.monotonic()
+    host.process.send_signal(signal.SIGTERM)
+    code = host.wait_exit(15)
+    assert time.monotonic() - started < 10
+    assert code == 0, host.logs()
+    [file] = host.status()
+    assert file["state"] == "posting"  # stopped part-way, consistently
+    host.server.clear_faults()
+    host.start()
+    [file] = host.wait_final(1)
+    assert file["rows"] == {"inserted": 100}
+    assert len(host.table("u_hr_user_import")) == 100  # not a row posted twice
+
+
+def test_rerun_failed_only_posts_only_the_failed_rows_and_the_report_shows_both_runs(host: DaemonHost) -> None:
+    shutil.copy(REPO / "samples" / "departments.csv", host.inbox / "departments.csv")
+    shutil.copy(REPO / "samples" / "hr_users.csv", host.inbox / "hr_users.csv")
+    host.start("--once")
+    assert host.wait_exit(60) == 3
+    hr = next(f for f in host.status() if f["name"] == "hr_users.csv")
+    # The data is fixed at the instance: the Marketing department now exists.
+    fix = host.root / "departments-fix.csv"
+    fix.write_text("Code,Name\nMKT,Marketing\n")
+    assert host.cli("import", str(fix)).returncode == 0
+    received = host.server.counters()["rows_received"]
+    result = host.cli("rerun", str(hr["id"]), "--failed-only", "--json")
+    assert result.returncode == 3, result.stderr  # row 6's e-mail is still wrong, row 8 still invalid
+    assert host.server.counters()["rows_received"] - received == 2  # rows 6 and 7; invalid row 8 is never sent
+    entries = host.report(hr["id"])
+    original = [(e["source_row"], e["state"]) for e in entries if e["file_id"] == hr["id"]]
+    rerun = [(e["source_row"], e["state"]) for e in entries if e["file_id"] != hr["id"]]
+    assert (7, "error") in original
+    assert rerun == [(6, "error"), (7, "inserted"), (8, "invalid")]
+
+
+def test_the_daemon_tells_systemd_it_is_ready_and_pings_the_watchdog(host: DaemonHost, tmp_path: Path) -> None:
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(20)
+    try:
+        host.start(NOTIFY_SOCKET=str(path), WATCHDOG_USEC="600000")
+        messages: list[str] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+            any("READY=1" in m for m in messages) and sum("WATCHDOG=1" in m for m in messages) >= 2
+        ):
+            messages.append(sock.recv(4096).decode())
+        assert any("READY=1" in m for m in messages), messages
+        assert sum("WATCHDOG=1" in m for m in messages) >= 2, messages
+    finally:
+        sock.close()
+
+
+def test_a_second_sigterm_exits_at_once(host: DaemonHost) -> None:
+    host.mapping("users", USERS)
+    host.server.set_faults(latency_ms=2000, endpoints=["insertMultiple"])
+    (host.inbox / "users.csv").write_text(users_csv(30, start=900))
+    host.start()
+    wait_for(lambda: host.server.counters()["requests"].get("insertMultiple", 0) >= 1, 30, "a post in flight")
+    assert host.process is not None
+    started = time.monotonic()
+    host.process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    host.process.send_signal(signal.SIGTERM)
+    host.wait_exit(10)
+    assert time.monotonic() - started < 1.5  # did not wait for the 2 s answer
+    host.server.clear_faults()
+    time.sleep(2.5)  # let the held request commit at the instance, as a real one would
+    host.start()
+    [file] = host.wait_final(1)
+    assert file["rows"] == {"inserted": 30}
+    assert len(host.table("u_hr_user_import")) == 30
