@@ -233,7 +233,7 @@ class Daemon:
             if record.rerun_of is not None or not path.is_file() or path.resolve().parent != processing:
                 continue
             if record.state == FileState.REJECTED:
-                moved = inbox.fail_file(path, self.config.paths.failed, record.error or "rejected")
+                moved = inbox.fail_file(path, self.config.paths.failed, record.error or "rejected", name=record.name)
                 self.rt.ledger.set_file_path(record.id, str(moved))
             else:
                 self.rt.importer.complete_file(record.id)

@@ -370,21 +370,25 @@ def _move(path: Path, target: Path) -> Path:
 # --- filing away -----------------------------------------------------------------------------------
 
 
-def archive_file(path: Path, archive_root: Path, when: datetime) -> Path:
-    """Move a finished file into ``archive_root/YYYY/MM/DD/`` (the day ``when`` falls on)."""
+def archive_file(path: Path, archive_root: Path, when: datetime, name: str | None = None) -> Path:
+    """Move a finished file into ``archive_root/YYYY/MM/DD/`` (the day ``when`` falls on), under
+    ``name`` (the name it was dropped with) when given."""
     folder = archive_root / f"{when:%Y}" / f"{when:%m}" / f"{when:%d}"
     ensure_private_dirs(folder)
-    return _move(path, _free_name(folder, path.name))
+    return _move(path, _free_name(folder, safe_name(name or path.name)))
 
 
-def fail_file(path: Path, failed_dir: Path, reason: str, when: datetime | None = None) -> Path:
-    """Move a refused file into ``failed_dir`` and write ``<name>.error.txt`` next to it saying why."""
+def fail_file(
+    path: Path, failed_dir: Path, reason: str, when: datetime | None = None, name: str | None = None
+) -> Path:
+    """Move a refused file into ``failed_dir`` (under ``name``, the name it was dropped with, when
+    given) and write ``<name>.error.txt`` next to it saying why."""
     ensure_private_dirs(failed_dir)
-    target = _free_name(failed_dir, path.name, extra_suffixes=(".error.txt",))
+    target = _free_name(failed_dir, safe_name(name or path.name), extra_suffixes=(".error.txt",))
     _move(path, target)
     when = when or datetime.now().astimezone()
     note = (
-        f"The importer refused the file {path.name!r} as a whole on {when:%Y-%m-%d %H:%M:%S %Z}.\n"
+        f"The importer refused the file {name or path.name!r} as a whole on {when:%Y-%m-%d %H:%M:%S %Z}.\n"
         f"\n"
         f"What was wrong:\n"
         f"{reason.strip()}\n"

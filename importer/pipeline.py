@@ -186,7 +186,7 @@ class Importer:
         log.warning("file=%s name=%s rejected: %s", file_id, record.name, reason)
         self.ledger.mark_rejected(file_id, reason)
         if record.rerun_of is None and Path(record.path).exists():
-            moved = inbox.fail_file(Path(record.path), self.config.paths.failed, reason)
+            moved = inbox.fail_file(Path(record.path), self.config.paths.failed, reason, name=record.name)
             self.ledger.set_file_path(file_id, str(moved))
 
     def _rows_to_send(self, file_id: int, mapping: Mapping) -> Iterator[TranslatedRow]:
@@ -547,7 +547,7 @@ class Importer:
         self.ledger.set_report_path(file_id, str(report))
         path = Path(record.path)
         if record.rerun_of is None and path.is_file() and path.resolve().parent == self.config.paths.processing.resolve():
-            archived = inbox.archive_file(path, self.config.paths.archive, datetime.now(UTC))
+            archived = inbox.archive_file(path, self.config.paths.archive, datetime.now(UTC), name=record.name)
             self.ledger.set_file_path(file_id, str(archived))
         log.info("file=%s name=%s finished rows=%s", file_id, record.name, self.ledger.row_counts(file_id))
 

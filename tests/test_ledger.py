@@ -10,7 +10,9 @@ from tests.db_fixtures import ledger_url  # noqa: F401  (fixture)
 
 
 def _file(ledger: Ledger, sha: str = "a" * 64) -> int:
-    file_id = ledger.record_taken_file(name="hr.csv", relative_path="hr.csv", path="/p/hr.csv", sha256=sha, size=10)
+    file_id = ledger.record_taken_file(
+        name="hr.csv", relative_path="hr.csv", path="/p/hr.csv", sha256=sha, size=10
+    )
     ledger.assign_mapping(file_id, "hr_users", "u_hr_user_import")
     return file_id
 
@@ -20,7 +22,9 @@ def test_a_file_goes_from_queued_to_done_with_errors(ledger_url: str) -> None:
         file_id = _file(ledger)
         assert ledger.get_file(file_id).state == FileState.QUEUED
         ledger.mark_posting(file_id)
-        batch = ledger.open_batch(file_id, [2, 3, 5], body_bytes=100, run_after=None, multi_import_set_id=None)
+        batch = ledger.open_batch(
+            file_id, [2, 3, 5], body_bytes=100, run_after=None, multi_import_set_id=None
+        )
         ledger.record_invalid_rows(file_id, [(4, "'First name' is required but empty")])
         assert ledger.row_counts(file_id) == {"pending": 3, "invalid": 1}
         ledger.mark_batch_posted(batch, "ISET1", "MISET1")
@@ -28,15 +32,26 @@ def test_a_file_goes_from_queued_to_done_with_errors(ledger_url: str) -> None:
         missing = ledger.record_row_results(
             batch,
             [
-                RowResult(0, RowState.INSERTED, "HR users", "sys_user", "u1", "Zoë Ångström", staging_sys_id="s0"),
-                RowResult(1, RowState.ERROR, "HR users", message="Reference value 'X' not found", staging_sys_id="s1"),
+                RowResult(
+                    0, RowState.INSERTED, "HR users", "sys_user", "u1", "Zoë Ångström", staging_sys_id="s0"
+                ),
+                RowResult(
+                    1,
+                    RowState.ERROR,
+                    "HR users",
+                    message="Reference value 'X' not found",
+                    staging_sys_id="s1",
+                ),
             ],
         )
         assert missing == 1  # row 5 was not reported by the instance: recorded as error, not lost
         assert ledger.finish_file(file_id) == FileState.DONE_WITH_ERRORS
         report = list(ledger.report(file_id))
         assert [(e["source_row"], e["state"]) for e in report] == [
-            (2, "inserted"), (3, "error"), (4, "invalid"), (5, "error")
+            (2, "inserted"),
+            (3, "error"),
+            (4, "invalid"),
+            (5, "error"),
         ]
         assert report[0]["display_value"] == "Zoë Ångström"
         assert report[0]["import_set"] == "ISET1"
@@ -52,11 +67,15 @@ def test_several_transform_maps_give_one_report_line_each(ledger_url: str) -> No
         ledger.mark_batch_posted(batch, "ISET1", "M")
         ledger.record_row_results(
             batch,
-            [RowResult(0, RowState.UPDATED, "Users"), RowResult(0, RowState.ERROR, "Managers", message="no manager")],
+            [
+                RowResult(0, RowState.UPDATED, "Users"),
+                RowResult(0, RowState.ERROR, "Managers", message="no manager"),
+            ],
         )
         assert ledger.row_counts(file_id) == {"error": 1}
         assert [(e["transform_map"], e["state"]) for e in ledger.report(file_id)] == [
-            ("Users", "updated"), ("Managers", "error")
+            ("Users", "updated"),
+            ("Managers", "error"),
         ]
 
 

@@ -8,6 +8,8 @@ the instance answered with an import set.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,6 +31,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -238,7 +241,10 @@ class Ledger:
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         try:
-            with self.engine.begin() as connection:
+            with self._migration_lock(), self.engine.begin() as connection:
+                if self.dialect == "postgresql":
+                    # Several hosts (or a command beside the daemon) may start at once: one migrates.
+                    connection.execute(text("SELECT pg_advisory_xact_lock(7203554128)"))
                 cfg.attributes["connection"] = connection
                 command.upgrade(cfg, "head")
         except SQLAlchemyError as exc:
@@ -246,6 +252,21 @@ class Ledger:
                 f"cannot open the ledger {self.engine.url.render_as_string()}: {exc.__class__.__name__}: "
                 f"{str(exc).splitlines()[0]}"
             ) from exc
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        """SQLite runs DDL outside transactions: a file lock keeps two processes from migrating at once."""
+        database = self.engine.url.database if self.dialect == "sqlite" else None
+        if not database or database == ":memory:":
+            yield
+            return
+        lock_path = f"{database}.migrate.lock"
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         self.engine.dispose()

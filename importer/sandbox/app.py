@@ -64,38 +64,24 @@ def error_response(exc: ApiError) -> Response:
     )
 
 
-_RULES = [
-    Rule("/api/now/import/<staging>", methods=["POST"], endpoint="import"),
-    Rule("/api/now/import/<staging>/insertMultiple", methods=["POST"], endpoint="insertMultiple"),
-    Rule("/api/now/import/<staging>/<sys_id>", methods=["GET"], endpoint="import_get"),
-    Rule("/api/now/table/<table>", methods=["GET"], endpoint="table"),
-    Rule("/api/now/table/<table>/<sys_id>", methods=["GET"], endpoint="table"),
-    Rule("/api/now/stats/<table>", methods=["GET"], endpoint="stats"),
-    Rule(
-        "/api/now/cmdb/app_service/<sys_id>/getContent", methods=["GET"], endpoint="app_service:get_content"
-    ),
-    Rule("/api/now/cmdb/app_service/create", methods=["POST"], endpoint="app_service:create"),
-    Rule("/api/now/cmdb/csdm/app_service/find_service", methods=["GET"], endpoint="app_service:find_service"),
-    Rule(
-        "/api/now/cmdb/csdm/app_service/register_service",
-        methods=["POST"],
-        endpoint="app_service:register_service",
-    ),
-    Rule(
-        "/api/now/cmdb/csdm/app_service/<sys_id>/populate_service",
-        methods=["PUT"],
-        endpoint="app_service:populate_service",
-    ),
-    Rule(
-        "/api/now/cmdb/csdm/app_service/<sys_id>/service_details",
-        methods=["PUT"],
-        endpoint="app_service:service_details",
-    ),
-    Rule("/oauth_token.do", methods=["POST"], endpoint="oauth"),
-    Rule("/sandbox/admin/counters", methods=["GET"], endpoint="admin:counters"),
-    Rule("/sandbox/admin/faults", methods=["GET", "POST", "DELETE"], endpoint="admin:faults"),
-    Rule("/sandbox/admin/oauth", methods=["POST"], endpoint="admin:oauth"),
-    Rule("/sandbox/admin/data", methods=["GET"], endpoint="admin:data"),
+_RULES = [  # (path, methods, endpoint); Rule objects are made per app: a Rule binds to one Map
+    ("/api/now/import/<staging>", ["POST"], "import"),
+    ("/api/now/import/<staging>/insertMultiple", ["POST"], "insertMultiple"),
+    ("/api/now/import/<staging>/<sys_id>", ["GET"], "import_get"),
+    ("/api/now/table/<table>", ["GET"], "table"),
+    ("/api/now/table/<table>/<sys_id>", ["GET"], "table"),
+    ("/api/now/stats/<table>", ["GET"], "stats"),
+    ("/api/now/cmdb/app_service/<sys_id>/getContent", ["GET"], "app_service:get_content"),
+    ("/api/now/cmdb/app_service/create", ["POST"], "app_service:create"),
+    ("/api/now/cmdb/csdm/app_service/find_service", ["GET"], "app_service:find_service"),
+    ("/api/now/cmdb/csdm/app_service/register_service", ["POST"], "app_service:register_service"),
+    ("/api/now/cmdb/csdm/app_service/<sys_id>/populate_service", ["PUT"], "app_service:populate_service"),
+    ("/api/now/cmdb/csdm/app_service/<sys_id>/service_details", ["PUT"], "app_service:service_details"),
+    ("/oauth_token.do", ["POST"], "oauth"),
+    ("/sandbox/admin/counters", ["GET"], "admin:counters"),
+    ("/sandbox/admin/faults", ["GET", "POST", "DELETE"], "admin:faults"),
+    ("/sandbox/admin/oauth", ["POST"], "admin:oauth"),
+    ("/sandbox/admin/data", ["GET"], "admin:data"),
 ]
 
 
@@ -121,7 +107,11 @@ class SandboxApp:
         self.outage_active = outage_active
         self.max_content_length = store.spec.max_content_length_bytes
         self.app_service = AppService(store)
-        self.url_map = Map(_RULES, strict_slashes=False, merge_slashes=False)
+        self.url_map = Map(
+            [Rule(path, methods=methods, endpoint=endpoint) for path, methods, endpoint in _RULES],
+            strict_slashes=False,
+            merge_slashes=False,
+        )
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         request = Request(environ)

@@ -29,6 +29,14 @@ class _QuietHandler(WSGIRequestHandler):
     # client's delayed ACK add milliseconds to every answer.
     disable_nagle_algorithm = True
 
+    def handle(self) -> None:
+        engine = self.server.app.engine  # type: ignore[attr-defined]
+        engine.connection_opened()
+        try:
+            super().handle()
+        finally:
+            engine.connection_closed()
+
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
 

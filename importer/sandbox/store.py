@@ -6,9 +6,9 @@ request threads and the transform worker take it for short stretches.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,8 +33,11 @@ TARGET_READ_ROLES = frozenset({"admin", "import_admin", "itil"})
 CMDB_READ_ROLES = frozenset({"admin", "import_admin", "itil", "app_service_admin"})
 
 
+_sys_id_bits = random.Random().getrandbits  # not seeded: sys_ids look like ServiceNow's, random hex
+
+
 def new_sys_id() -> str:
-    return uuid.uuid4().hex
+    return f"{_sys_id_bits(128):032x}"
 
 
 def now_text(at: float | None = None) -> str:

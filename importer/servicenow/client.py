@@ -224,6 +224,15 @@ class InstanceClient:
                     result = result[0] if result else {"stats": {"count": "0"}}
                 assert isinstance(result, dict)
                 return int(result["stats"]["count"])
+            if isinstance(result, dict):
+                # The instance ignores group-by fields it does not know and answers ungrouped.
+                raise InstanceError(
+                    f"{self._base} ignored sysparm_group_by={','.join(group_by)} for {call.what}: "
+                    f"check that table '{table}' has these fields.",
+                    status=response.status_code,
+                    instance=self._base,
+                    table=table,
+                )
             assert isinstance(result, list)
             counts: dict[tuple[str, ...], int] = {}
             for group in result:

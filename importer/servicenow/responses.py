@@ -178,7 +178,7 @@ def classify(response: requests.Response, call: Call) -> None:
         size = _request_body_size(response)
         of_size = f" of {size} bytes" if size is not None else ""
         raise RequestTooLarge(
-            f"{call.instance} refused the {call.what} request body{of_size} as too large ({summary}). "
+            f"{call.instance} refused the request body{of_size} of {call.what} as too large ({summary}). "
             "Split it into smaller batches (the instance's limit is glide.rest.max_content_length, "
             "10 MB by default).",
             status=status,
@@ -230,13 +230,12 @@ def classify(response: requests.Response, call: Call) -> None:
             **context,
         )
     if status == 400 and "invalid table" in body.message.lower():
-        advice = (
-            "check staging_table in the mapping"
-            if call.endpoint == "import"
-            else "check the table name (and that the plugin providing it is active)"
-        )
+        if call.endpoint == "import":
+            missing, advice = "staging table", "check staging_table in the mapping"
+        else:
+            missing, advice = "table", "check the table name (and that the plugin providing it is active)"
         raise InstanceError(
-            f"table '{call.table}' does not exist on {call.instance} ({summary}): {advice}.",
+            f"{missing} '{call.table}' does not exist on {call.instance} ({summary}): {advice}.",
             status=status,
             **context,
         )
@@ -326,9 +325,12 @@ def json_body(response: requests.Response, call: Call) -> Any:
         ) from exc
 
 
+_BODY_EXCEEDS = re.compile(r"\b(body|request|payload|content)\b.{0,40}\b(too large|exceeds?)\b")
+
+
 def _says_too_large(body: ErrorBody) -> bool:
     text = f"{body.message} {body.detail}".lower()
-    return any(words in text for words in _TOO_LARGE_WORDS)
+    return any(words in text for words in _TOO_LARGE_WORDS) or _BODY_EXCEEDS.search(text) is not None
 
 
 def _request_body_size(response: requests.Response) -> int | None:

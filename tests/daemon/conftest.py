@@ -143,8 +143,8 @@ class DaemonHost:
 
         try:
             return list(wait_for(all_final, timeout, f"{count} files to finish"))
-        except AssertionError:
-            raise AssertionError(f"files did not finish: {self.status()}\nlog:\n{self.logs()}") from None
+        except AssertionError as exc:
+            raise AssertionError(f"files did not finish ({exc}): {self.status()}\nlog:\n{self.logs()}") from None
 
     def table(self, table: str, query: str = "", fields: str = "") -> list[dict[str, Any]]:
         params = {"sysparm_query": query, "sysparm_exclude_reference_link": "true"}

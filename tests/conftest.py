@@ -1,0 +1,51 @@
+"""Shared fixtures: a real sandbox instance on a loopback port, and a guard against leaked threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from importer.sandbox import SandboxServer
+
+THREAD_GRACE_S = 2.0
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves threads running (after a short grace period for them to end)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + THREAD_GRACE_S
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.02)
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    if leaked:
+        pytest.fail(f"test leaked threads: {', '.join(t.name for t in leaked)}")
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    """A started sandbox with the default data set, stopped after the test."""
+    with SandboxServer() as server:
+        yield server
+
+
+@pytest.fixture
+def make_sandbox() -> Iterator[Callable[..., SandboxServer]]:
+    """Factory: make_sandbox(data=dict | path | None, **kwargs) -> a started sandbox, stopped at teardown."""
+    servers: list[SandboxServer] = []
+
+    def make(data: dict[str, Any] | str | Path | None = None, **kwargs: Any) -> SandboxServer:
+        server = SandboxServer(data, **kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.stop()
