@@ -21,7 +21,7 @@ ROWS = 50  # five batches of ten
 def slow_transform_data() -> dict[str, Any]:
     path = Path(importer.sandbox.__file__).parent / "data" / "default.yaml"
     data = copy.deepcopy(yaml.safe_load(path.read_text()))
-    data["instance"]["async_transform_delay_ms"] = 2500
+    data["instance"]["async_transform_delay_ms"] = 6000  # a wide window to die in
     return data
 
 
