@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from importer.config import Config
@@ -39,11 +39,15 @@ def client_settings(config: Config) -> ClientSettings:
 
 
 @contextlib.contextmanager
-def instance_client(config: Config, stop_event: threading.Event | None = None) -> Iterator[InstanceClient]:
+def instance_client(
+    config: Config,
+    stop_event: threading.Event | None = None,
+    on_retry: Callable[[str, int | None], None] | None = None,
+) -> Iterator[InstanceClient]:
     """A client for the configured instance; for ``url = "sandbox"`` the embedded emulator is
     started in this process for as long as the client is used."""
     if not config.instance.is_sandbox:
-        with InstanceClient(client_settings(config), stop_event=stop_event) as client:
+        with InstanceClient(client_settings(config), stop_event=stop_event, on_retry=on_retry) as client:
             yield client
         return
     from importer.sandbox import SandboxServer
@@ -61,7 +65,7 @@ def instance_client(config: Config, stop_event: threading.Event | None = None) -
             retry_backoff_s=config.instance.retry_backoff_s,
             retry_backoff_max_s=config.instance.retry_backoff_max_s,
         )
-        with InstanceClient(settings, stop_event=stop_event) as client:
+        with InstanceClient(settings, stop_event=stop_event, on_retry=on_retry) as client:
             yield client
 
 
@@ -82,11 +86,15 @@ class Runtime:
 
 
 @contextlib.contextmanager
-def runtime(config: Config, stop_event: threading.Event | None = None) -> Iterator[Runtime]:
+def runtime(
+    config: Config,
+    stop_event: threading.Event | None = None,
+    on_retry: Callable[[str, int | None], None] | None = None,
+) -> Iterator[Runtime]:
     mappings = open_mappings(config)
     ledger = open_ledger(config)
     try:
-        with instance_client(config, stop_event) as client:
+        with instance_client(config, stop_event, on_retry) as client:
             yield Runtime(
                 config, ledger, client, Importer(config, ledger, client, mappings, stop_event=stop_event)
             )

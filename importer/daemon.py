@@ -103,8 +103,16 @@ class Daemon:
         paths = self.config.paths
         if not paths.inbox.is_dir():
             raise InputFileError(f"the inbox {paths.inbox} does not exist; create it or set [paths] inbox")
-        with runtime(self.config, self.stop_event) as rt:
+        from importer.metrics import Metrics
+
+        metrics = Metrics()
+        with runtime(self.config, self.stop_event, metrics.count_retry) as rt:
             self.rt = rt
+            if self.config.daemon.metrics_port is not None:
+                port = metrics.serve(
+                    self.config.daemon.metrics_port, rt.ledger, lambda: self.last_successful_poll
+                )
+                log.info("metrics on http://127.0.0.1:%s/metrics", port)
             self._adopt_unrecorded_files()
             self._file_away_finished()
             resumed = [f.id for f in rt.ledger.files_in_states([FileState.QUEUED, FileState.POSTING])]
@@ -129,6 +137,7 @@ class Daemon:
                 self._shutdown_workers()
                 if scheduler is not None:
                     scheduler.shutdown(wait=True)
+                metrics.stop()
             log.info("stopped")
             return code
 
@@ -233,7 +242,9 @@ class Daemon:
             if record.rerun_of is not None or not path.is_file() or path.resolve().parent != processing:
                 continue
             if record.state == FileState.REJECTED:
-                moved = inbox.fail_file(path, self.config.paths.failed, record.error or "rejected", name=record.name)
+                moved = inbox.fail_file(
+                    path, self.config.paths.failed, record.error or "rejected", name=record.name
+                )
                 self.rt.ledger.set_file_path(record.id, str(moved))
             else:
                 self.rt.importer.complete_file(record.id)

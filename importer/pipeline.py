@@ -546,8 +546,14 @@ class Importer:
         inbox.write_report(report, REPORT_COLUMNS, self.ledger.report(file_id))
         self.ledger.set_report_path(file_id, str(report))
         path = Path(record.path)
-        if record.rerun_of is None and path.is_file() and path.resolve().parent == self.config.paths.processing.resolve():
-            archived = inbox.archive_file(path, self.config.paths.archive, datetime.now(UTC), name=record.name)
+        if (
+            record.rerun_of is None
+            and path.is_file()
+            and path.resolve().parent == self.config.paths.processing.resolve()
+        ):
+            archived = inbox.archive_file(
+                path, self.config.paths.archive, datetime.now(UTC), name=record.name
+            )
             self.ledger.set_file_path(file_id, str(archived))
         log.info("file=%s name=%s finished rows=%s", file_id, record.name, self.ledger.row_counts(file_id))
 

@@ -14,6 +14,9 @@ from importer.sandbox import SandboxServer
 
 THREAD_GRACE_S = 2.0
 
+# `ledger_url`: every ledger test runs on SQLite and on PostgreSQL.
+pytest_plugins = ["tests.db_fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:

@@ -6,7 +6,6 @@ import pytest
 from sqlalchemy import inspect
 
 from importer.ledger import BatchState, FileState, IllegalTransition, Ledger, RowResult, RowState
-from tests.db_fixtures import ledger_url  # noqa: F401  (fixture)
 
 
 def _file(ledger: Ledger, sha: str = "a" * 64) -> int:

@@ -7,6 +7,7 @@ facts are silent the sandbox does what is hardest on a client, and says so in a 
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import threading
@@ -181,6 +182,15 @@ class TransformEngine:
                 self.cond.wait(min(left, 0.05))
             return True
 
+    def _next_tick(self) -> float:
+        """When a new async set may start: the end of the next scheduling period (so at least one
+        period away). Like ServiceNow's scheduled transform job, every set loaded within one period
+        becomes runnable at the same moment."""
+        now = time.monotonic()
+        if self.delay_s <= 0:
+            return now
+        return (math.floor(now / self.delay_s) + 2) * self.delay_s
+
     def connection_opened(self) -> None:
         with self._busy_lock:
             self._connections += 1
@@ -280,7 +290,7 @@ class TransformEngine:
                 staging=staging,
                 row_ids=row_ids,
                 run_after=None if synchronous else run_after,
-                ready_at=time.monotonic() + self.delay_s,
+                ready_at=self._next_tick(),
             )
             if not staging.maps:
                 # No transform map: ServiceNow leaves the set "loaded"; there is nothing to wait for.

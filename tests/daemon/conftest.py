@@ -101,9 +101,7 @@ class DaemonHost:
         return self.process
 
     def logs(self) -> str:
-        return "\n".join(
-            p.read_text(errors="replace") for p in sorted(self.root.glob("daemon-*.log"))
-        )
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.root.glob("daemon-*.log")))
 
     def wait_exit(self, timeout: float = 60) -> int:
         assert self.process is not None
@@ -121,7 +119,11 @@ class DaemonHost:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "importer", "--config", str(self.config_path), *args],
-            cwd=self.root, env=self.env(), capture_output=True, text=True, timeout=120,
+            cwd=self.root,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     def status(self) -> list[dict[str, Any]]:
@@ -144,15 +146,20 @@ class DaemonHost:
         try:
             return list(wait_for(all_final, timeout, f"{count} files to finish"))
         except AssertionError as exc:
-            raise AssertionError(f"files did not finish ({exc}): {self.status()}\nlog:\n{self.logs()}") from None
+            raise AssertionError(
+                f"files did not finish ({exc}): {self.status()}\nlog:\n{self.logs()}"
+            ) from None
 
     def table(self, table: str, query: str = "", fields: str = "") -> list[dict[str, Any]]:
         params = {"sysparm_query": query, "sysparm_exclude_reference_link": "true"}
         if fields:
             params["sysparm_fields"] = fields
         response = requests.get(
-            f"{self.server.url}/api/now/table/{table}", params=params,
-            auth=(ADMIN_USER, ADMIN_PASSWORD), headers={"Accept": "application/json"}, timeout=10,
+            f"{self.server.url}/api/now/table/{table}",
+            params=params,
+            auth=(ADMIN_USER, ADMIN_PASSWORD),
+            headers={"Accept": "application/json"},
+            timeout=10,
         )
         response.raise_for_status()
         return list(response.json()["result"])
@@ -196,6 +203,3 @@ def make_host(tmp_path: Path, ledger_url: str) -> Iterator[Callable[..., DaemonH
 @pytest.fixture
 def host(make_host: Callable[..., DaemonHost]) -> DaemonHost:
     return make_host()
-
-
-from tests.db_fixtures import ledger_url  # noqa: E402,F401  (fixture, on SQLite and PostgreSQL)

@@ -29,7 +29,9 @@ def counters(host: DaemonHost) -> dict[str, Any]:
     return host.server.counters()
 
 
-@pytest.mark.parametrize("point", ["before_first_post", "between_posts", "instance_holds_answer", "during_polling"])
+@pytest.mark.parametrize(
+    "point", ["before_first_post", "between_posts", "instance_holds_answer", "during_polling"]
+)
 def test_kill_9_then_restart_gives_every_row_exactly_one_result(make_host: Any, point: str) -> None:
     host: DaemonHost = make_host(data=slow_transform_data() if point == "during_polling" else None)
     host.mapping("users", USERS)
@@ -50,7 +52,9 @@ def test_kill_9_then_restart_gives_every_row_exactly_one_result(make_host: Any, 
     elif point == "between_posts":
         wait_for(lambda: counters(host)["rows_received"] >= 20, 30, "two batches accepted")
     elif point == "instance_holds_answer":
-        wait_for(lambda: counters(host)["requests"].get("insertMultiple", 0) >= 2, 30, "a second post in flight")
+        wait_for(
+            lambda: counters(host)["requests"].get("insertMultiple", 0) >= 2, 30, "a second post in flight"
+        )
         time.sleep(0.3)
     else:
         wait_for(lambda: any(f["state"] == "transforming" for f in host.status()), 30, "all batches posted")

@@ -116,7 +116,9 @@ def test_a_symlink_in_the_inbox_is_never_followed(host: DaemonHost, tmp_path: Pa
     host.wait_final(1)
     time.sleep(1)
     assert [f["name"] for f in host.status()] == ["departments.csv"]
-    assert secret.read_text() == "Code,Name\nSEC,Secret\n" and (host.inbox / "departments-link.csv").is_symlink()
+    assert (
+        secret.read_text() == "Code,Name\nSEC,Secret\n" and (host.inbox / "departments-link.csv").is_symlink()
+    )
     assert host.table("cmn_department", "id=SEC") == []
 
 
@@ -141,7 +143,9 @@ def test_sigterm_mid_file_exits_within_10s_and_a_restart_completes_it(host: Daem
     assert len(host.table("u_hr_user_import")) == 100  # not a row posted twice
 
 
-def test_rerun_failed_only_posts_only_the_failed_rows_and_the_report_shows_both_runs(host: DaemonHost) -> None:
+def test_rerun_failed_only_posts_only_the_failed_rows_and_the_report_shows_both_runs(
+    host: DaemonHost,
+) -> None:
     shutil.copy(REPO / "samples" / "departments.csv", host.inbox / "departments.csv")
     shutil.copy(REPO / "samples" / "hr_users.csv", host.inbox / "hr_users.csv")
     host.start("--once")
@@ -154,7 +158,9 @@ def test_rerun_failed_only_posts_only_the_failed_rows_and_the_report_shows_both_
     received = host.server.counters()["rows_received"]
     result = host.cli("rerun", str(hr["id"]), "--failed-only", "--json")
     assert result.returncode == 3, result.stderr  # row 6's e-mail is still wrong, row 8 still invalid
-    assert host.server.counters()["rows_received"] - received == 2  # rows 6 and 7; invalid row 8 is never sent
+    assert (
+        host.server.counters()["rows_received"] - received == 2
+    )  # rows 6 and 7; invalid row 8 is never sent
     entries = host.report(hr["id"])
     original = [(e["source_row"], e["state"]) for e in entries if e["file_id"] == hr["id"]]
     rerun = [(e["source_row"], e["state"]) for e in entries if e["file_id"] != hr["id"]]
@@ -162,7 +168,9 @@ def test_rerun_failed_only_posts_only_the_failed_rows_and_the_report_shows_both_
     assert rerun == [(6, "error"), (7, "inserted"), (8, "invalid")]
 
 
-def test_the_daemon_tells_systemd_it_is_ready_and_pings_the_watchdog(host: DaemonHost, tmp_path: Path) -> None:
+def test_the_daemon_tells_systemd_it_is_ready_and_pings_the_watchdog(
+    host: DaemonHost, tmp_path: Path
+) -> None:
     path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(path))
@@ -200,3 +208,21 @@ def test_a_second_sigterm_exits_at_once(host: DaemonHost) -> None:
     [file] = host.wait_final(1)
     assert file["rows"] == {"inserted": 30}
     assert len(host.table("u_hr_user_import")) == 30
+
+
+def test_metrics_show_files_rows_and_retries(host: DaemonHost) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    host.write_config(metrics_port=port)
+    host.server.set_faults(rate_limit_every=2, rate_limit_retry_after=0.1)
+    host.start()
+    shutil.copy(REPO / "samples" / "departments.csv", host.inbox / "departments.csv")
+    host.wait_final(1)
+    import requests
+
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert 'importer_files{state="done"} 1.0' in text
+    assert 'importer_rows{state="inserted"} 1.0' in text and 'importer_rows{state="updated"} 1.0' in text
+    assert 'importer_http_retries_total{reason="429"}' in text
+    assert "importer_last_successful_poll_timestamp_seconds 0.0" not in text

@@ -70,7 +70,9 @@ class Workspace:
         for key, value in settings.items():
             if value is None:
                 continue
-            lines.append(f"{key} = {value!r}" if not isinstance(value, bool) else f"{key} = {str(value).lower()}")
+            lines.append(
+                f"{key} = {value!r}" if not isinstance(value, bool) else f"{key} = {str(value).lower()}"
+            )
         lines += [
             "[paths]",
             f"inbox = {str(self.inbox)!r}",
@@ -131,6 +133,3 @@ def workspace(tmp_path: Path, ledger_url: str) -> Iterator[Workspace]:
         ws.inbox.mkdir()
         ws.write_config()
         yield ws
-
-
-from tests.db_fixtures import ledger_url  # noqa: E402,F401  (fixture, on SQLite and PostgreSQL)

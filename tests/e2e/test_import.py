@@ -41,7 +41,8 @@ def test_a_mapping_with_after_transforms_after_the_file_it_depends_on(workspace:
     workspace.mapping("users", USERS_MAPPING)
     departments = workspace.file("departments.csv", "Code,Name\nLAB,Laboratory\nMKT,Marketing\n")
     users = workspace.file(
-        "users.csv", "Emp ID,First,Last,Dept,Title\n000701,Ann,Lab,Laboratory,Chemist\n000702,Max,Mkt,Marketing,Seller\n"
+        "users.csv",
+        "Emp ID,First,Last,Dept,Title\n000701,Ann,Lab,Laboratory,Chemist\n000702,Max,Mkt,Marketing,Seller\n",
     )
     # The sandbox transforms sets without run_after in a deliberately varying order and slowly
     # enough that, unchained, the users would often meet departments that do not exist yet.
@@ -83,7 +84,14 @@ def test_sample_drops_show_every_row_state_in_report_status_and_exit_code(worksp
         ("departments.csv", "done"),
         ("hr_users.csv", "done_with_errors"),
     ]
-    assert status[1]["rows"] == {"inserted": 1, "updated": 1, "ignored": 1, "skipped": 1, "error": 2, "invalid": 1}
+    assert status[1]["rows"] == {
+        "inserted": 1,
+        "updated": 1,
+        "ignored": 1,
+        "skipped": 1,
+        "error": 2,
+        "invalid": 1,
+    }
     # The per-row report file is written, safe for Excel, and the file is archived.
     reports = list((workspace.state / "reports").glob("2-*.csv"))
     assert len(reports) == 1 and reports[0].read_bytes().startswith(b"\xef\xbb\xbf")
@@ -104,9 +112,13 @@ def test_a_file_missing_a_required_column_is_rejected_with_the_headers_found(wor
     assert workspace.table("sys_import_set", "table_name=u_hr_user_import") == []
 
 
-def test_reject_file_mapping_refuses_a_file_with_an_invalid_row_and_sends_nothing(workspace: Workspace) -> None:
+def test_reject_file_mapping_refuses_a_file_with_an_invalid_row_and_sends_nothing(
+    workspace: Workspace,
+) -> None:
     workspace.mapping("users", USERS_MAPPING + "    on_invalid_row: reject_file\n")
-    path = workspace.file("users.csv", "Emp ID,First,Last,Dept,Title\n000801,A,B,Finance,X\n,No,Id,Finance,Y\n")
+    path = workspace.file(
+        "users.csv", "Emp ID,First,Last,Dept,Title\n000801,A,B,Finance,X\n,No,Id,Finance,Y\n"
+    )
     result = workspace.cli("import", str(path), "--json")
     assert result.code == 3
     [summary] = json.loads(result.stdout)

@@ -56,9 +56,7 @@ def test_a_user_without_roles_is_exit_1_naming_the_missing_rights(workspace: Wor
 
 
 def test_an_unknown_staging_table_is_exit_1_naming_the_table(workspace: Workspace) -> None:
-    workspace.mapping(
-        "ghost", 'staging_table: u_no_such_table\nmatch: ["ghost*"]\ncolumns: {"A": "A"}\n'
-    )
+    workspace.mapping("ghost", 'staging_table: u_no_such_table\nmatch: ["ghost*"]\ncolumns: {"A": "A"}\n')
     path = workspace.file("ghost.csv", "A\n1\n")
     result = workspace.cli("import", str(path))
     assert result.code == 1

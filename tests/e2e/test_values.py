@@ -50,12 +50,18 @@ def test_csv_with_bom_semicolons_leading_zeros_phones_empty_cells_and_dates(work
     assert rows["000900"]["u_title"] == "Head of\nthings"
     assert workspace.user("000123")["first_name"] == "Zoë"
     report = json.loads(workspace.cli("report", "1", "--format", "json").stdout)
-    assert [(e["source_row"], e["state"]) for e in report] == [(2, "inserted"), (3, "inserted"), (4, "inserted")]
+    assert [(e["source_row"], e["state"]) for e in report] == [
+        (2, "inserted"),
+        (3, "inserted"),
+        (4, "inserted"),
+    ]
 
 
 def test_cp1252_file_with_declared_encoding_and_comma_delimiter(workspace: Workspace) -> None:
     workspace.mapping("values", VALUES_MAPPING + '    csv: {encoding: cp1252, delimiter: ","}\n')
-    path = workspace.file("values-legacy.csv", "Emp ID,First,Last,Title\n000321,Zoë,Müller,Coût €5\n".encode("cp1252"))
+    path = workspace.file(
+        "values-legacy.csv", "Emp ID,First,Last,Title\n000321,Zoë,Müller,Coût €5\n".encode("cp1252")
+    )
     result = workspace.cli("import", str(path))
     assert result.code == 0, result.output
     row = staged(workspace)["000321"]
@@ -100,7 +106,8 @@ def test_nested_json_records_path_and_numbers_as_written(workspace: Workspace) -
     )
     document = (
         '{"data": {"employees": ['
-        '{"id": "000555", "name": {"first": "Nia", "last": "Okafor"}, "contact": {"phone": "+234 1 234"}, "grade": 1.50},'
+        '{"id": "000555", "name": {"first": "Nia", "last": "Okafor"},'
+        ' "contact": {"phone": "+234 1 234"}, "grade": 1.50},'
         '{"id": "000556", "name": {"first": "Ola", "last": null}, "contact": {}, "grade": 7}'
         "]}}"
     )

@@ -62,11 +62,11 @@ def _final_name(srv, session) -> str:
 
 
 def test_without_run_after_the_order_varies(make_sandbox, api):
-    # Four instances, five sets each, all posted in the same order within the transform delay (1 s,
+    # Four instances, five sets each, all posted in the same order within one scheduling period (0.5 s,
     # generous for a loaded host): the set that transforms last differs between seeds.
     instances = []
     for seed in range(4):
-        srv = make_sandbox(_data(seed, delay_ms=1000))
+        srv = make_sandbox(_data(seed, delay_ms=500))
         s = api(srv)
         _post_sets(srv, s, 5, chained=False)
         instances.append((srv, s))
@@ -116,7 +116,7 @@ def test_a_run_after_naming_no_import_set_never_transforms(make_sandbox, api):
 
 
 def test_states_go_loaded_then_processed(make_sandbox, api):
-    srv = make_sandbox(_data(1, delay_ms=400))
+    srv = make_sandbox(_data(1, delay_ms=300))
     s = api(srv)
     set_id = _post_sets(srv, s, 1, chained=False)[0]
     url = f"{srv.url}/api/now/table/sys_import_set/{set_id}"
