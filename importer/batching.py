@@ -53,36 +53,70 @@ def _assemble(rows: list[TranslatedRow], parts: list[bytes]) -> Batch:
     return Batch(rows=tuple(rows), body=_OPEN + b",".join(parts) + _CLOSE)
 
 
+def _size_bound(record: dict[str, str]) -> int:
+    """An upper bound of the record's encoded size, without encoding it: JSON spends at most six
+    bytes on a character (a control character becomes \\u001f; UTF-8 needs at most four), plus
+    two quotes per string, a colon and a comma per field, and the braces."""
+    return 2 + sum(6 * (len(key) + len(value)) + 6 for key, value in record.items())
+
+
 def build_batches(
     rows: Iterable[TranslatedRow], max_rows: int, max_bytes: int
 ) -> Iterator[Batch | OversizeRow]:
-    """Group rows, in order, into batches of 1..max_rows rows whose body is at most max_bytes."""
+    """Group rows, in order, into batches of 1..max_rows rows whose body is at most max_bytes.
+
+    While the pending batch's size bound is well under ``max_bytes`` (the usual case: 500 rows
+    are a few hundred KB against a limit of MB) no record is encoded on its own and the body is
+    encoded in one call when the batch drains; near the limit, records are encoded one by one
+    and sizes are exact.
+    """
     if max_rows < 1:
         raise ValueError(f"max_rows must be at least 1, got {max_rows}")
     if max_bytes <= ENVELOPE_BYTES + 2:
         raise ValueError(f"max_bytes must leave room for a record, got {max_bytes}")
     pending_rows: list[TranslatedRow] = []
-    pending_parts: list[bytes] = []
-    size = ENVELOPE_BYTES  # the body size of the pending batch
+    pending_parts: list[bytes] | None = None  # encoded records, once sizes must be exact
+    bound = ENVELOPE_BYTES  # an upper bound of the pending body's size (exact once parts are kept)
+
+    def drain() -> Batch:
+        nonlocal pending_rows, pending_parts, bound
+        if pending_parts is not None:
+            batch = _assemble(pending_rows, pending_parts)
+        else:
+            batch = Batch(rows=tuple(pending_rows), body=encode_body([_record_of(r) for r in pending_rows]))
+        pending_rows, pending_parts, bound = [], None, ENVELOPE_BYTES
+        return batch
+
     for row in rows:
-        part = _encode_record(_record_of(row))
+        record = _record_of(row)
+        if pending_rows and len(pending_rows) >= max_rows:
+            yield drain()
+        row_bound = _size_bound(record)
+        if pending_parts is None and bound + row_bound + 1 <= max_bytes:
+            pending_rows.append(row)
+            bound += row_bound + (1 if len(pending_rows) > 1 else 0)
+            continue
+        # Near the limit: exact sizes from here to the end of this batch.
+        part = _encode_record(record)
         alone = ENVELOPE_BYTES + len(part)
         if alone > max_bytes:
             if pending_rows:
-                yield _assemble(pending_rows, pending_parts)
-                pending_rows, pending_parts, size = [], [], ENVELOPE_BYTES
+                yield drain()
             yield OversizeRow(row=row, size=alone, limit=max_bytes)
             continue
+        if pending_parts is None:
+            pending_parts = [_encode_record(_record_of(r)) for r in pending_rows]
+            bound = ENVELOPE_BYTES + sum(len(p) for p in pending_parts) + max(len(pending_parts) - 1, 0)
         added = len(part) + (1 if pending_parts else 0)  # a comma before every record but the first
-        if pending_rows and (len(pending_rows) >= max_rows or size + added > max_bytes):
-            yield _assemble(pending_rows, pending_parts)
-            pending_rows, pending_parts, size = [], [], ENVELOPE_BYTES
+        if pending_rows and bound + added > max_bytes:
+            yield drain()
+            pending_parts = []
             added = len(part)
         pending_rows.append(row)
         pending_parts.append(part)
-        size += added
+        bound += added
     if pending_rows:
-        yield _assemble(pending_rows, pending_parts)
+        yield drain()
 
 
 def split_batch(batch: Batch) -> tuple[Batch, Batch]:

@@ -8,6 +8,7 @@ whose answer was lost is looked for at the instance before anything is re-sent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import threading
@@ -15,10 +16,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
-from typing import Any
+from queue import Empty, Full, Queue
+from typing import Any, TypeVar
 
 from importer import inbox
-from importer.batching import Batch, OversizeRow, build_batches, split_batch
+from importer.batching import Batch, OversizeRow, build_batches, encode_body, split_batch
 from importer.config import Config
 from importer.errors import (
     AmbiguousResponse,
@@ -70,6 +72,14 @@ class Progress:
 
 
 @dataclass
+class _Chain:
+    """The run_after chain of a file being posted: the import set its next batch must follow."""
+
+    run_after: str | None
+    multi_import_set_id: str | None
+
+
+@dataclass
 class PostOutcome:
     file_id: int
     state: FileState
@@ -77,6 +87,55 @@ class PostOutcome:
     invalid: int = 0
     sent: int = 0
     notes: list[str] = field(default_factory=list)
+
+
+T = TypeVar("T")
+
+
+def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
+    """Produce ``items`` in a helper thread, at most ``depth`` ahead of the consumer.
+
+    Reading, translating and encoding the next batch then overlaps with waiting for the
+    instance's answer to the current one. Memory stays bounded by ``depth`` batches. An error in
+    the producer is raised in the consumer; a consumer that stops early stops the producer.
+    """
+    queue: Queue[tuple[str, Any]] = Queue(maxsize=depth)
+    cancelled = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not cancelled.is_set():
+                    try:
+                        queue.put(("item", item), timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if cancelled.is_set():
+                    return
+            queue.put(("end", None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            queue.put(("error", exc))
+
+    producer = threading.Thread(target=produce, name="prefetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            kind, value = queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        cancelled.set()
+        while producer.is_alive():
+            with contextlib.suppress(Empty):
+                queue.get(timeout=0.05)
+        producer.join()
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()  # the reader's file is closed in this thread, not left to the collector
 
 
 def _field(record: dict[str, Any], name: str) -> str:
@@ -110,7 +169,6 @@ class Importer:
         self.mappings = mappings
         self.stop_event = stop_event or threading.Event()
         self._transform_maps: dict[str, int] = {}
-        self._chain_lock = threading.Lock()
         paths = config.paths
         inbox.ensure_private_dirs(paths.processing, paths.archive, paths.failed, paths.reports)
 
@@ -248,7 +306,9 @@ class Importer:
             return outcome
         staging = mapping.staging_table
         max_bytes = self.config.instance.max_request_bytes
-        for item in build_batches(self._rows_to_send(file_id, mapping), mapping.batch_rows, max_bytes):
+        chain = self._chain_for(file_id, mapping)
+        batches = build_batches(self._rows_to_send(file_id, mapping), mapping.batch_rows, max_bytes)
+        for item in prefetched(batches, depth=2):
             if isinstance(item, OversizeRow):
                 self.ledger.record_invalid_rows(
                     file_id,
@@ -266,7 +326,7 @@ class Importer:
                 # A stop was asked: what is recorded so far is consistent; the rest is sent on resume.
                 outcome.notes.append("stopped before every batch was sent")
                 return outcome
-            if not self._post_batch(file_id, mapping, item):
+            if not self._post_batch(file_id, mapping, item, chain):
                 outcome.parked = True
                 return outcome
             outcome.sent += len(item.rows)
@@ -282,74 +342,82 @@ class Importer:
         outcome.state = FileState.TRANSFORMING
         return outcome
 
-    def _run_after_for(self, file_id: int, mapping: Mapping) -> str | None:
-        previous = self.ledger.last_import_set(file_id)
-        if previous is not None:
-            return previous
-        # The file's first batch: behind the latest earlier file of the same staging table, and
-        # behind the files of the mappings named in `after:`.
-        return self.ledger.chain_tail(file_id, staging_table=mapping.staging_table, mappings=mapping.after)
-
-    def _post_batch(self, file_id: int, mapping: Mapping, batch: Batch) -> bool:
-        """Send one batch; True when the instance took it (possibly split in parts)."""
+    def _chain_for(self, file_id: int, mapping: Mapping) -> _Chain:
+        """Where the file's next batch goes in the run_after chain (read once per posting run)."""
         record = self.ledger.get_file(file_id)
         assert record is not None
-        with self._chain_lock:
-            run_after = self._run_after_for(file_id, mapping)
-            batch_id = self.ledger.open_batch(
-                file_id,
-                [row.number for row in batch.rows],
-                body_bytes=len(batch.body),
+        previous = self.ledger.last_import_set(file_id)
+        if previous is None:
+            # The file's first batch: behind the latest earlier file of the same staging table,
+            # and behind the files of the mappings named in `after:`. Files of one chain group are
+            # posted one at a time (the daemon gives each group one worker), so that file's last
+            # batch is already recorded.
+            previous = self.ledger.chain_tail(
+                file_id, staging_table=mapping.staging_table, mappings=mapping.after
+            )
+        return _Chain(run_after=previous, multi_import_set_id=record.multi_import_set_id)
+
+    def _accepted(
+        self, file_id: int, chain: _Chain, batch_id: int, import_set_id: str, multi_id: str
+    ) -> None:
+        self.ledger.mark_batch_posted(batch_id, import_set_id, multi_id)
+        if chain.multi_import_set_id is None and multi_id:
+            self.ledger.set_multi_import_set(file_id, multi_id)
+            chain.multi_import_set_id = multi_id
+        chain.run_after = import_set_id
+
+    def _post_batch(self, file_id: int, mapping: Mapping, batch: Batch, chain: _Chain) -> bool:
+        """Send one batch; True when the instance took it (possibly split in parts)."""
+        run_after = chain.run_after
+        batch_id = self.ledger.open_batch(
+            file_id,
+            [row.number for row in batch.rows],
+            body_bytes=len(batch.body),
+            run_after=run_after,
+            multi_import_set_id=chain.multi_import_set_id,
+        )
+        try:
+            ref = self.client.insert_multiple(
+                mapping.staging_table,
+                batch.body,
                 run_after=run_after,
-                multi_import_set_id=record.multi_import_set_id,
+                multi_import_set_id=chain.multi_import_set_id,
             )
-            try:
-                ref = self.client.insert_multiple(
-                    mapping.staging_table,
-                    batch.body,
-                    run_after=run_after,
-                    multi_import_set_id=record.multi_import_set_id,
+        except RequestTooLarge:
+            self.ledger.abandon_batch(batch_id, "the instance refused the body as too large; split")
+            if len(batch.rows) == 1:
+                row = batch.rows[0]
+                self.ledger.record_invalid_rows(
+                    file_id, [(row.number, "the instance refused this row as too large for one request")]
                 )
-            except RequestTooLarge:
-                self.ledger.abandon_batch(batch_id, "the instance refused the body as too large; split")
-                if len(batch.rows) == 1:
-                    row = batch.rows[0]
-                    self.ledger.record_invalid_rows(
-                        file_id, [(row.number, "the instance refused this row as too large for one request")]
-                    )
-                    return True
-                first, second = split_batch(batch)
-                log.info("file=%s batch split in two (%s rows): body too large", file_id, len(batch.rows))
-                return self._post_batch(file_id, mapping, first) and self._post_batch(
-                    file_id, mapping, second
-                )
-            except AmbiguousResponse as exc:
-                log.warning(
-                    "file=%s batch=%s answer lost (%s); looking for it at the instance",
-                    file_id,
-                    batch_id,
-                    exc,
-                )
-                return self._resolve_ambiguous(file_id, mapping, batch_id, rows=batch.rows)
-            except TransientError as exc:
-                self.ledger.park_batch(batch_id, str(exc), datetime.now(UTC) + PARK_DELAY)
-                log.warning("file=%s batch=%s parked: %s", file_id, batch_id, exc)
-                return False
-            except ImporterError as exc:
-                self.ledger.park_batch(batch_id, str(exc), datetime.now(UTC) + PARK_DELAY)
-                raise
-            self.ledger.mark_batch_posted(batch_id, ref.import_set_id, ref.multi_import_set_id)
-            if record.multi_import_set_id is None:
-                self.ledger.set_multi_import_set(file_id, ref.multi_import_set_id)
-            log.info(
-                "file=%s batch=%s rows=%s import_set=%s run_after=%s",
-                file_id,
-                batch_id,
-                len(batch.rows),
-                ref.import_set_id,
-                run_after,
+                return True
+            first, second = split_batch(batch)
+            log.info("file=%s batch split in two (%s rows): body too large", file_id, len(batch.rows))
+            return self._post_batch(file_id, mapping, first, chain) and self._post_batch(
+                file_id, mapping, second, chain
             )
-            return True
+        except AmbiguousResponse as exc:
+            log.warning(
+                "file=%s batch=%s answer lost (%s); looking for it at the instance", file_id, batch_id, exc
+            )
+            return self._resolve_ambiguous(file_id, mapping, batch_id, chain, rows=batch.rows)
+        except TransientError as exc:
+            self.ledger.park_batch(batch_id, str(exc), datetime.now(UTC) + PARK_DELAY)
+            log.warning("file=%s batch=%s parked: %s", file_id, batch_id, exc)
+            return False
+        except ImporterError as exc:
+            self.ledger.park_batch(batch_id, str(exc), datetime.now(UTC) + PARK_DELAY)
+            raise
+        self._accepted(file_id, chain, batch_id, ref.import_set_id, ref.multi_import_set_id)
+        log.info(
+            "file=%s batch=%s rows=%s import_set=%s run_after=%s",
+            file_id,
+            batch_id,
+            len(batch.rows),
+            ref.import_set_id,
+            run_after,
+        )
+        return True
 
     # -- crash recovery ----------------------------------------------------------------------
 
@@ -360,6 +428,7 @@ class Importer:
         Returns False when the instance cannot be asked right now (try again later).
         """
         now = datetime.now(UTC)
+        chain = self._chain_for(file_id, mapping)
         for batch in self.ledger.batches(file_id, [BatchState.POSTING, BatchState.PARKED]):
             if batch.state == BatchState.PARKED:
                 if batch.next_attempt_at and batch.next_attempt_at > now:
@@ -367,21 +436,27 @@ class Importer:
                 self.ledger.abandon_batch(batch.id, f"parked ({batch.last_error}); rows sent again")
                 continue
             try:
-                if not self._resolve_ambiguous(file_id, mapping, batch.id, rows=None):
+                if not self._resolve_ambiguous(file_id, mapping, batch.id, chain, rows=None):
                     return False
             except TransientError:
                 return False
         return True
 
     def _resolve_ambiguous(
-        self, file_id: int, mapping: Mapping, batch_id: int, *, rows: Iterable[TranslatedRow] | None
+        self,
+        file_id: int,
+        mapping: Mapping,
+        batch_id: int,
+        chain: _Chain,
+        *,
+        rows: Iterable[TranslatedRow] | None,
     ) -> bool:
         """A batch whose answer was lost: find its import set at the instance, or send it again."""
         batch = next(b for b in self.ledger.batches(file_id) if b.id == batch_id)
         found = self.find_posted_import_set(mapping.staging_table, batch)
         if found is not None:
             import_set_id, multi_id = found
-            self.ledger.mark_batch_posted(batch_id, import_set_id, multi_id)
+            self._accepted(file_id, chain, batch_id, import_set_id, multi_id)
             log.info(
                 "file=%s batch=%s found at the instance as import set %s", file_id, batch_id, import_set_id
             )
@@ -390,10 +465,8 @@ class Importer:
         if rows is None:
             return True  # resume: the rows are read again from the file and re-batched
         rows = list(rows)
-        from importer.batching import encode_body
-
         again = Batch(rows=tuple(rows), body=encode_body([row.record or {} for row in rows]))
-        return self._post_batch(file_id, mapping, again)
+        return self._post_batch(file_id, mapping, again, chain)
 
     def find_posted_import_set(self, staging_table: str, batch: BatchRecord) -> tuple[str, str] | None:
         """Look for an import set holding this batch: created on this staging table since the

@@ -62,11 +62,11 @@ def _final_name(srv, session) -> str:
 
 
 def test_without_run_after_the_order_varies(make_sandbox, api):
-    # Four instances, five sets each, all posted in the same order within one scheduling period (0.5 s,
+    # Eight instances, five sets each, all posted in the same order within one scheduling period (1 s,
     # generous for a loaded host): the set that transforms last differs between seeds.
     instances = []
-    for seed in range(4):
-        srv = make_sandbox(_data(seed, delay_ms=500))
+    for seed in range(8):
+        srv = make_sandbox(_data(seed, delay_ms=1000))
         s = api(srv)
         _post_sets(srv, s, 5, chained=False)
         instances.append((srv, s))

@@ -1,0 +1,175 @@
+"""importer's main path against the hand-written script it replaces, measured in the same run.
+
+Baseline: what an integration engineer writes by hand — csv.DictReader, rename the keys, 500 rows
+per insertMultiple with run_after, nothing recorded. importer does more for the same rows: header
+checks, per-row validation, a ledger row per source row (SQLite), crash-safe batch records.
+The figure is the ratio of the two times; the test fails if importer is more than
+MAX_POST_RATIO times slower than the script. Memory: tracemalloc's peak while posting a file four
+times larger must stay about the same (bounded by a batch, not by the file).
+
+    IMPORTER_BENCH_ROWS=100000 .venv/bin/pytest tests/bench/test_import_speed.py -m bench -s
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from importer.app import runtime
+from importer.config import load_config
+from importer.sandbox.defaults import IMPORT_PASSWORD, IMPORT_USER
+
+ROWS = int(os.environ.get("IMPORTER_BENCH_ROWS", "20000"))
+MAX_POST_RATIO = 3.0
+HEADERS = ["Emp ID", "First", "Last", "E-mail", "Phone", "Dept", "Start", "Title"]
+LABELS = ["Employee Number", "First Name", "Last Name", "Email", "Phone", "Department", "Start Date", "Title"]
+MAPPING = """
+staging_table: u_hr_user_import
+match: ["bench*"]
+batch_rows: 500
+columns:
+  "Emp ID": {to: "Employee Number", required: true}
+  "First": {to: "First Name", strip: true}
+  "Last": "Last Name"
+  "E-mail": {to: "Email", strip: true, lower: true}
+  "Phone": "Phone"
+  "Dept": "Department"
+  "Start": {to: "Start Date", date: "%d/%m/%Y"}
+  "Title": "Title"
+"""
+
+pytestmark = pytest.mark.bench
+
+
+@contextlib.contextmanager
+def sandbox_process() -> Iterator[str]:
+    """`importer sandbox` in its own process: the instance's work (and memory) is not ours."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "importer", "sandbox", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:\d+", banner)
+        assert match, banner
+        yield match.group(0)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def write_csv(path: Path, rows: int) -> None:
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(HEADERS)
+        for i in range(rows):
+            writer.writerow(
+                [f"{i:07d}", f"First{i}", f"Last{i}", f"User{i}@Example.com", "+44 20 7946 0000",
+                 "Engineering", f"{1 + i % 28:02d}/03/2026", "Engineer"]
+            )
+
+
+def hand_written_script(url: str, path: Path) -> float:
+    """The baseline, as people write it (plus the date conversion the mapping also does)."""
+    started = time.perf_counter()
+    session = requests.Session()
+    session.auth = (IMPORT_USER, IMPORT_PASSWORD)
+    headers = {"Accept": "application/json", "Content-Type": "application/json"}
+    run_after = None
+    batch: list[dict[str, str]] = []
+
+    def post() -> None:
+        nonlocal run_after
+        params = {"run_after": run_after} if run_after else {}
+        answer = session.post(f"{url}/api/now/import/u_hr_user_import/insertMultiple",
+                              data=json.dumps({"records": batch}), headers=headers, params=params, timeout=60)
+        answer.raise_for_status()
+        run_after = answer.json()["import_set_id"]
+        batch.clear()
+
+    with path.open(newline="", encoding="utf-8") as source:
+        for row in csv.DictReader(source):
+            day, month, year = row["Start"].split("/")
+            row["Start"] = f"{year}-{month}-{day}"
+            batch.append({label: row[header] for header, label in zip(HEADERS, LABELS, strict=True)})
+            if len(batch) == 500:
+                post()
+    if batch:
+        post()
+    return time.perf_counter() - started
+
+
+def importer_post(root: Path, url: str, path: Path, *, trace: bool = False) -> tuple[float, int]:
+    """importer's path for one file, to every batch accepted; returns (seconds, tracemalloc peak)."""
+    config_path = root / "importer.toml"
+    (root / "mappings").mkdir(exist_ok=True)
+    (root / "mappings" / "bench.yaml").write_text(MAPPING)
+    config_path.write_text(
+        f'[instance]\nurl = "{url}"\nusername = "{IMPORT_USER}"\npassword = "{IMPORT_PASSWORD}"\n'
+        f'[paths]\ninbox = "{root}/inbox"\nmappings = "{root}/mappings"\nstate = "{root}/var"\n'
+    )
+    config = load_config(config_path)
+    with runtime(config) as rt:
+        started = time.perf_counter()
+        if trace:
+            tracemalloc.start()
+        file_id = rt.importer.copy_in(path)
+        outcome = rt.importer.process_file(file_id)
+        peak = tracemalloc.get_traced_memory()[1] if trace else 0
+        if trace:
+            tracemalloc.stop()
+        elapsed = time.perf_counter() - started
+        assert outcome.sent == sum(1 for _ in path.open()) - 1
+    return elapsed, peak
+
+
+def test_posting_speed_against_a_hand_written_script(tmp_path: Path) -> None:
+    path = tmp_path / "bench.csv"
+    write_csv(path, ROWS)
+    with sandbox_process() as url:
+        baseline = hand_written_script(url, path)
+    with sandbox_process() as url:
+        ours, _ = importer_post(tmp_path, url, path)
+    ratio = ours / baseline
+    print(
+        f"\nimport {ROWS:,} rows (CSV -> insertMultiple, 500 per batch): hand-written script "
+        f"{ROWS / baseline:,.0f} rows/s, importer {ROWS / ours:,.0f} rows/s (ledger on SQLite); "
+        f"importer/script time ratio {ratio:.2f}"
+    )
+    assert ratio < MAX_POST_RATIO
+
+
+def test_memory_is_bounded_by_a_batch_not_by_the_file(tmp_path: Path) -> None:
+    small, large = tmp_path / "small", tmp_path / "large"
+    small.mkdir()
+    large.mkdir()
+    write_csv(small / "bench-small.csv", ROWS // 4)
+    write_csv(large / "bench-large.csv", ROWS)
+    with sandbox_process() as url:
+        _, small_peak = importer_post(small, url, small / "bench-small.csv", trace=True)
+    with sandbox_process() as url:
+        _, large_peak = importer_post(large, url, large / "bench-large.csv", trace=True)
+    ratio = large_peak / small_peak
+    print(
+        f"\npeak memory while posting (tracemalloc, importer's process; the instance runs in another): "
+        f"{ROWS // 4:,} rows {small_peak / 1e6:.1f} MB, {ROWS:,} rows {large_peak / 1e6:.1f} MB; "
+        f"ratio {ratio:.2f} for a file 4x larger"
+    )
+    assert ratio < 1.6
