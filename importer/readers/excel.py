@@ -17,6 +17,7 @@ error text.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -61,7 +62,8 @@ class ExcelSource(RowSource):
             # The <dimension> a workbook declares can be wrong (some generators write "A1"):
             # forget it so every row is read, at the price of rows of uneven length.
             self._sheet.reset_dimensions()
-            self._rows = self._sheet.iter_rows(min_row=options.header_row, values_only=True)
+            # Cells, not bare values: a number's format can carry leading zeros (see cell_text).
+            self._rows = self._sheet.iter_rows(min_row=options.header_row)
             self._number = options.header_row - 1  # the sheet row number of the row last read
             self._layout = self._read_header(options.header_row)
             self.headers: list[str] | None = list(self._layout.names)
@@ -74,8 +76,7 @@ class ExcelSource(RowSource):
 
     def __iter__(self) -> Iterator[SourceRow]:
         layout = self._layout
-        while (cells := self._next_row()) is not None:
-            texts = [cell_text(v) for v in cells]
+        while (texts := self._next_row()) is not None:
             if not any(texts):
                 continue  # fully empty rows are skipped; numbering keeps the sheet's rows
             problem = None
@@ -107,8 +108,7 @@ class ExcelSource(RowSource):
         raise self.refuse(f'has no sheet "{wanted}"; its sheets are: {listed}. Fix excel: {{sheet: ...}}.')
 
     def _read_header(self, header_row: int) -> HeaderLayout:
-        cells = self._next_row()
-        raw = [cell_text(v) for v in cells] if cells is not None else []
+        raw = self._next_row() or []
         if not any(raw):
             filled = self._first_and_last_filled_rows()
             if filled is None:
@@ -142,9 +142,9 @@ class ExcelSource(RowSource):
             ) from exc
         return (first, last) if last else None
 
-    def _next_row(self) -> tuple[Any, ...] | None:
+    def _next_row(self) -> list[str] | None:
         try:
-            cells = next(self._rows)
+            cells = [cell_text(c.value, getattr(c, "number_format", None)) for c in next(self._rows)]
         except StopIteration:
             return None
         except Exception as exc:  # a damaged sheet part: XML errors, bad cell references
@@ -157,14 +157,29 @@ class ExcelSource(RowSource):
         return cells
 
 
-def cell_text(value: object) -> str:
-    """A cell's value as the text the import sends (see the module docstring)."""
+_ZERO_PADDED = re.compile(r"^0+$")
+
+
+def cell_text(value: object, number_format: str | None = None) -> str:
+    """A cell's value as the text the import sends (see the module docstring).
+
+    A whole number formatted ``000000`` shows as ``000123`` in Excel — the usual way HR sheets
+    keep employee numbers — and is sent as shown, leading zeros included.
+    """
     if value is None:
         return ""
     if isinstance(value, str):
         return value  # text cells, and error cells (openpyxl gives their text, e.g. "#N/A")
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
+    if (
+        isinstance(value, int | float)
+        and number_format
+        and _ZERO_PADDED.match(number_format)
+        and float(value).is_integer()
+        and value >= 0
+    ):
+        return str(int(value)).zfill(len(number_format))
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):

@@ -267,3 +267,17 @@ def test_memory_does_not_grow_with_the_sheet(tmp_path):
     # holding these rows as SourceRow would cost ~800 bytes each.
     growth_per_row = (peaks[2_000] - peaks[500]) / 1_500
     assert growth_per_row < 300, peaks
+
+
+def test_a_number_formatted_with_leading_zeros_is_read_as_excel_shows_it(tmp_path):
+    """HR sheets often keep employee numbers as numbers formatted 000000: Excel shows 000123."""
+    path = tmp_path / "padded.xlsx"
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["Emp ID", "Amount"])
+    sheet.append([123, 123])
+    sheet["A2"].number_format = "000000"
+    book.save(path)
+    with open_source(path) as source:
+        [row] = list(source)
+    assert row.values == {"Emp ID": "000123", "Amount": "123"}
