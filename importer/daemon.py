@@ -74,6 +74,8 @@ class Daemon:
         self._futures: list[Future[Any]] = []
         self._slots = threading.BoundedSemaphore(config.daemon.max_concurrent_files)
         self._handled: list[int] = []
+        self._in_flight: set[int] = set()  # file ids submitted and not yet returned
+        self._fatal: ImporterError | None = None  # the instance refused us (auth, unknown table...)
         self.last_successful_poll: datetime | None = None
 
     # -- signals -----------------------------------------------------------------------------
@@ -160,9 +162,14 @@ class Daemon:
             | set(resumed)
             | {f.id for f in self.rt.ledger.files_in_states([FileState.TRANSFORMING])}
         )
-        if not self.stop_event.is_set():
-            self._retry_parked(force=True)
-            self.rt.importer.wait_for_results(file_ids, poll_s=min(self.config.daemon.poll_s, 2.0))
+        if not self.stop_event.is_set() and self._fatal is None:
+            self._retry_parked(force=True)  # one more try for what the instance refused for a while
+        # Only files whose every batch was accepted can still finish; the others wait for a next run.
+        transforming = [
+            f.id for f in self.rt.ledger.files_in_states([FileState.TRANSFORMING]) if f.id in file_ids
+        ]
+        if transforming and not self.stop_event.is_set():
+            self.rt.importer.wait_for_results(transforming, poll_s=min(self.config.daemon.poll_s, 2.0))
         summaries = self.rt.ledger.summaries(file_ids)
         code = EXIT_OK
         for summary in summaries:
@@ -258,6 +265,7 @@ class Daemon:
 
     def _submit(self, file_id: int) -> None:
         self._handled.append(file_id)
+        self._in_flight.add(file_id)
         group = self._group_of(file_id)
         worker = self._workers.get(group)
         if worker is None:
@@ -267,6 +275,12 @@ class Daemon:
         self._futures.append(worker.submit(self._post_file, file_id))
 
     def _post_file(self, file_id: int) -> None:
+        try:
+            self._post_file_now(file_id)
+        finally:
+            self._in_flight.discard(file_id)
+
+    def _post_file_now(self, file_id: int) -> None:
         with self._slots:
             if self.stop_event.is_set():
                 return
@@ -278,6 +292,7 @@ class Daemon:
             except TransientError as exc:
                 log.warning("file=%s instance unavailable (%s); will retry", file_id, exc)
             except ImporterError as exc:
+                self._fatal = exc
                 log.error("file=%s stopped: %s", file_id, exc)
             except Exception:
                 log.exception(
@@ -336,8 +351,8 @@ class Daemon:
             parked = self.rt.ledger.batches(record.id, [BatchState.PARKED])
             if parked and not force and any(b.next_attempt_at and b.next_attempt_at > now for b in parked):
                 continue
-            if any(not f.done() for f in self._futures):
-                continue  # a file is being posted: it may be this one
+            if record.id in self._in_flight:
+                continue  # being posted right now
             if force:
                 for batch in parked:
                     self.rt.ledger.abandon_batch(batch.id, f"retried ({batch.last_error})")

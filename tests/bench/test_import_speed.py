@@ -62,7 +62,9 @@ def sandbox_process() -> Iterator[str]:
         port = probe.getsockname()[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "importer", "sandbox", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert process.stdout is not None
@@ -81,8 +83,16 @@ def write_csv(path: Path, rows: int) -> None:
         writer.writerow(HEADERS)
         for i in range(rows):
             writer.writerow(
-                [f"{i:07d}", f"First{i}", f"Last{i}", f"User{i}@Example.com", "+44 20 7946 0000",
-                 "Engineering", f"{1 + i % 28:02d}/03/2026", "Engineer"]
+                [
+                    f"{i:07d}",
+                    f"First{i}",
+                    f"Last{i}",
+                    f"User{i}@Example.com",
+                    "+44 20 7946 0000",
+                    "Engineering",
+                    f"{1 + i % 28:02d}/03/2026",
+                    "Engineer",
+                ]
             )
 
 
@@ -98,8 +108,13 @@ def hand_written_script(url: str, path: Path) -> float:
     def post() -> None:
         nonlocal run_after
         params = {"run_after": run_after} if run_after else {}
-        answer = session.post(f"{url}/api/now/import/u_hr_user_import/insertMultiple",
-                              data=json.dumps({"records": batch}), headers=headers, params=params, timeout=60)
+        answer = session.post(
+            f"{url}/api/now/import/u_hr_user_import/insertMultiple",
+            data=json.dumps({"records": batch}),
+            headers=headers,
+            params=params,
+            timeout=60,
+        )
         answer.raise_for_status()
         run_after = answer.json()["import_set_id"]
         batch.clear()
