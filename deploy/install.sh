@@ -67,7 +67,7 @@ install -d -m 0755 "$PREFIX"
 [ -x "$VENV/bin/python" ] || "$python" -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade "$source"
 ln -sfn "$VENV/bin/importer" /usr/local/bin/importer
-for doc in README.md docs/operations.md; do
+for doc in README.md docs/sandbox.md; do
   if [ -f "$source/$doc" ]; then install -m 0644 "$source/$doc" "$PREFIX/$(basename "$doc")"; fi
 done
 

@@ -70,7 +70,7 @@ def instance_client(
 
 
 def open_ledger(config: Config) -> Ledger:
-    return Ledger(config.paths.ledger_url)
+    return Ledger(config.paths.ledger_url, host=config.daemon.host_id)
 
 
 def open_mappings(config: Config) -> dict[str, Mapping]:

@@ -175,6 +175,7 @@ class DaemonConfig(_Section):
     max_concurrent_files: int = Field(default=2, ge=1)
     retention_days: int = Field(default=90, ge=1)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    host_id: str | None = None  # this host's name in a shared ledger; default: the host name
 
 
 class Config(BaseModel):

@@ -29,38 +29,13 @@ from importer.app import Runtime, runtime
 from importer.config import Config
 from importer.errors import ImporterError, InputFileError, TransientError
 from importer.ledger import BatchState, FileState, RowState
-from importer.mapping import Mapping
+from importer.mapping import chain_groups
 from importer.notify import SystemdNotifier
 
 log = logging.getLogger("importer.daemon")
 
 _TAKEN_NAME = re.compile(r"^(?P<stamp>\d{8}T\d{12})(?:@(?P<folder>[^-/]+))?-(?P<name>.+)$")
 EXIT_OK, EXIT_FAILURE, EXIT_ROWS_FAILED = 0, 1, 3
-
-
-def chain_groups(mappings: dict[str, Mapping]) -> dict[str, str]:
-    """Mapping name -> group: mappings sharing a staging table or linked by ``after:`` must post
-    their files one at a time, in arrival order, or run_after chains could cross."""
-    parent = {name: name for name in mappings}
-
-    def find(name: str) -> str:
-        while parent[name] != name:
-            parent[name] = parent[parent[name]]
-            name = parent[name]
-        return name
-
-    def union(a: str, b: str) -> None:
-        parent[find(a)] = find(b)
-
-    by_table: dict[str, str] = {}
-    for name, mapping in mappings.items():
-        if mapping.staging_table in by_table:
-            union(name, by_table[mapping.staging_table])
-        by_table[mapping.staging_table] = name
-        for other in mapping.after:
-            if other in parent:
-                union(name, other)
-    return {name: find(name) for name in mappings}
 
 
 class Daemon:
@@ -117,7 +92,9 @@ class Daemon:
                 log.info("metrics on http://127.0.0.1:%s/metrics", port)
             self._adopt_unrecorded_files()
             self._file_away_finished()
-            resumed = [f.id for f in rt.ledger.files_in_states([FileState.QUEUED, FileState.POSTING])]
+            resumed = [
+                f.id for f in rt.ledger.files_in_states([FileState.QUEUED, FileState.POSTING], mine=True)
+            ]
             for file_id in resumed:
                 log.info("file=%s resuming after a restart", file_id)
                 self._submit(file_id)
@@ -160,7 +137,7 @@ class Daemon:
         file_ids = sorted(
             set(self._handled)
             | set(resumed)
-            | {f.id for f in self.rt.ledger.files_in_states([FileState.TRANSFORMING])}
+            | {f.id for f in self.rt.ledger.files_in_states([FileState.TRANSFORMING], mine=True)}
         )
         if not self.stop_event.is_set() and self._fatal is None:
             self._retry_parked(force=True)  # one more try for what the instance refused for a while
@@ -244,7 +221,7 @@ class Daemon:
         """A file whose last state was recorded just before a crash, but not yet moved on."""
         processing = self.config.paths.processing.resolve()
         finished = [FileState.DONE, FileState.DONE_WITH_ERRORS, FileState.DUPLICATE, FileState.REJECTED]
-        for record in self.rt.ledger.files_in_states(finished):
+        for record in self.rt.ledger.files_in_states(finished, mine=True):
             path = Path(record.path)
             if record.rerun_of is not None or not path.is_file() or path.resolve().parent != processing:
                 continue
@@ -347,7 +324,7 @@ class Daemon:
     def _retry_parked(self, force: bool = False) -> None:
         """Files left posting (a parked batch, or the instance down) are posted again when due."""
         now = datetime.now(UTC)
-        for record in self.rt.ledger.files_in_states([FileState.POSTING, FileState.QUEUED]):
+        for record in self.rt.ledger.files_in_states([FileState.POSTING, FileState.QUEUED], mine=True):
             parked = self.rt.ledger.batches(record.id, [BatchState.PARKED])
             if parked and not force and any(b.next_attempt_at and b.next_attempt_at > now for b in parked):
                 continue

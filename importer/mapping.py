@@ -732,3 +732,28 @@ def translate_row(mapping: Mapping, row: SourceRow) -> TranslatedRow:
         return TranslatedRow(row.number, None, "; ".join(problems))
     record.update(mapping.constants)
     return TranslatedRow(row.number, record, None)
+
+
+def chain_groups(mappings: dict[str, Mapping]) -> dict[str, str]:
+    """Mapping name -> group: mappings sharing a staging table or linked by ``after:`` must post
+    their files one at a time, in arrival order, or run_after chains could cross."""
+    parent = {name: name for name in mappings}
+
+    def find(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    def union(a: str, b: str) -> None:
+        parent[find(a)] = find(b)
+
+    by_table: dict[str, str] = {}
+    for name, mapping in mappings.items():
+        if mapping.staging_table in by_table:
+            union(name, by_table[mapping.staging_table])
+        by_table[mapping.staging_table] = name
+        for other in mapping.after:
+            if other in parent:
+                union(name, other)
+    return {name: find(name) for name in mappings}

@@ -38,7 +38,14 @@ from importer.ledger import (
     RowResult,
     RowState,
 )
-from importer.mapping import Mapping, TranslatedRow, check_headers, find_mapping, translate_row
+from importer.mapping import (
+    Mapping,
+    TranslatedRow,
+    chain_groups,
+    check_headers,
+    find_mapping,
+    translate_row,
+)
 from importer.readers import open_source
 from importer.servicenow import InstanceClient
 
@@ -233,7 +240,9 @@ class Importer:
         try:
             mapping = self.mapping_for(file_id)
             self.ledger.assign_mapping(file_id, mapping.name, mapping.staging_table)
-            return self._post_rows(file_id, mapping, progress)
+            group = chain_groups(self.mappings).get(mapping.name, mapping.name)
+            with self.ledger.posting_lock(group):
+                return self._post_rows(file_id, mapping, progress)
         except InputFileError as exc:
             self.reject(file_id, str(exc))
             return PostOutcome(file_id, FileState.REJECTED, notes=[str(exc)])
@@ -507,7 +516,7 @@ class Importer:
         wanted = set(file_ids) if file_ids is not None else None
         waiting = [
             b
-            for b in self.ledger.batches_in_state(BatchState.POSTED)
+            for b in self.ledger.batches_in_state(BatchState.POSTED, mine=True)
             if wanted is None or b.file_id in wanted
         ]
         states: dict[str, str] = {}
@@ -534,7 +543,7 @@ class Importer:
         finished = []
         candidates = touched | {
             f.id
-            for f in self.ledger.files_in_states([FileState.TRANSFORMING])
+            for f in self.ledger.files_in_states([FileState.TRANSFORMING], mine=True)
             if wanted is None or f.id in wanted
         }
         for file_id in sorted(candidates):

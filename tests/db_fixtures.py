@@ -30,6 +30,16 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/var/ledger.db"
         return
+    yield from _pg_schema_url()
+
+
+@pytest.fixture
+def pg_ledger_url() -> Iterator[str]:
+    """Only PostgreSQL: what several hosts share."""
+    yield from _pg_schema_url()
+
+
+def _pg_schema_url() -> Iterator[str]:
     if not PG_URL:
         warnings.warn("IMPORTER_TEST_PG_URL is unset: PostgreSQL ledger case skipped", stacklevel=1)
         pytest.skip("IMPORTER_TEST_PG_URL is unset: the PostgreSQL ledger is NOT tested in this run")

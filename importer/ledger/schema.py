@@ -37,6 +37,8 @@ files = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
+    Column("host", String(255)),  # the host that took the file (migration 0002)
+    Index("ix_files_host_state", "host", "state"),
 )
 
 batches = Table(

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
+import socket
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -101,6 +103,7 @@ class FileRecord:
     report_path: str | None
     created_at: datetime
     finished_at: datetime | None
+    host: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +174,7 @@ def _file_record(row: Any) -> FileRecord:
         report_path=row.report_path,
         created_at=_aware(row.created_at) or utcnow(),
         finished_at=_aware(row.finished_at),
+        host=row.host,
     )
 
 
@@ -214,8 +218,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Ledger:
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(self, url: str, *, migrate: bool = True, host: str | None = None) -> None:
         self.url = url
+        # Files are stamped with the host that took them; a host resumes and polls only its own.
+        self.host = host or socket.gethostname()
         try:
             parsed = make_url(url)
         except Exception as exc:  # sqlalchemy raises ArgumentError for any malformed URL
@@ -305,6 +311,7 @@ class Ledger:
                     state=FileState.QUEUED,
                     rerun_of=rerun_of,
                     rerun_scope=rerun_scope,
+                    host=self.host,
                     created_at=now,
                     updated_at=now,
                 )
@@ -414,12 +421,13 @@ class Ledger:
             row = conn.execute(select(files).where(files.c.id == file_id)).first()
             return _file_record(row) if row else None
 
-    def files_in_states(self, states: Iterable[FileState]) -> list[FileRecord]:
+    def files_in_states(self, states: Iterable[FileState], *, mine: bool = False) -> list[FileRecord]:
+        """Files in these states; ``mine``: only those this host took."""
+        query = select(files).where(files.c.state.in_([str(s) for s in states])).order_by(files.c.id)
+        if mine:
+            query = query.where(or_(files.c.host == self.host, files.c.host.is_(None)))
         with self._connect() as conn:
-            found = conn.execute(
-                select(files).where(files.c.state.in_([str(s) for s in states])).order_by(files.c.id)
-            )
-            return [_file_record(row) for row in found]
+            return [_file_record(row) for row in conn.execute(query)]
 
     def finished_before(self, cutoff: datetime) -> list[FileRecord]:
         with self._connect() as conn:
@@ -599,10 +607,33 @@ class Ledger:
                 query = query.where(batches.c.state.in_([str(s) for s in states]))
             return [_batch_record(row) for row in conn.execute(query)]
 
-    def batches_in_state(self, state: BatchState) -> list[BatchRecord]:
+    def batches_in_state(self, state: BatchState, *, mine: bool = False) -> list[BatchRecord]:
+        """Batches in this state; ``mine``: only those of files this host took."""
+        query = select(batches).where(batches.c.state == state).order_by(batches.c.id)
+        if mine:
+            query = query.join(files, files.c.id == batches.c.file_id).where(
+                or_(files.c.host == self.host, files.c.host.is_(None))
+            )
         with self._connect() as conn:
-            query = select(batches).where(batches.c.state == state).order_by(batches.c.id)
             return [_batch_record(row) for row in conn.execute(query)]
+
+    @contextlib.contextmanager
+    def posting_lock(self, group: str) -> Iterator[None]:
+        """Files of one chain group are posted one at a time across every host sharing this
+        ledger (a PostgreSQL advisory lock); with SQLite there is one host, and the daemon's
+        one worker per group already does it."""
+        if self.dialect != "postgresql":
+            yield
+            return
+        key = int.from_bytes(hashlib.blake2b(group.encode(), digest_size=8).digest(), "big", signed=True)
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                conn.commit()
 
     def last_import_set(self, file_id: int) -> str | None:
         """The import set of the file's latest accepted batch: the next batch runs after it."""
