@@ -124,3 +124,31 @@ def test_migrations_create_the_schema_and_are_idempotent(ledger_url: str) -> Non
     with Ledger(ledger_url) as ledger:  # a second start upgrades nothing and loses nothing
         tables = set(inspect(ledger.engine).get_table_names())
         assert {"files", "batches", "rows", "results", "alembic_version"} <= tables
+
+
+def test_an_upgrade_from_the_first_schema_keeps_every_file(ledger_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+    from sqlalchemy import text
+
+    from importer.ledger.store import MIGRATIONS
+
+    old = Ledger(ledger_url, migrate=False)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with old.engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "0001")  # the ledger as the first release left it
+        connection.execute(
+            text(
+                "INSERT INTO files (name, relative_path, path, sha256, size, state, created_at, updated_at) "
+                "VALUES ('old.csv', 'old.csv', '/a/old.csv', :sha, 1, 'done', :now, :now)"
+            ),
+            {"sha": "d" * 64, "now": "2026-01-01 00:00:00"},
+        )
+    old.close()
+    with Ledger(ledger_url) as ledger:  # this release migrates it
+        record = ledger.get_file(1)
+        assert record is not None and record.name == "old.csv" and record.state == FileState.DONE
+        assert record.host is None
+        assert [f.id for f in ledger.files_in_states([FileState.DONE], mine=True)] == [1]
