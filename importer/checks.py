@@ -8,8 +8,8 @@ from pathlib import Path, PurePosixPath
 
 from importer.config import Config
 from importer.errors import InputFileError
-from importer.mapping import Mapping, check_headers, find_mapping, translate_row
-from importer.readers import open_source
+from importer.mapping import Mapping, find_mapping
+from importer.pipeline import translated_rows
 
 Echo = Callable[[str], None]
 SHOWN = 10
@@ -22,19 +22,15 @@ def check_file(mappings: dict[str, Mapping], path: Path, explicit: str | None, e
     mapping = find_mapping(mappings, PurePosixPath(path.name), explicit)
     valid = invalid = 0
     example: dict[str, str] | None = None
-    with open_source(path, csv=mapping.csv, excel=mapping.excel, json=mapping.json) as source:
-        if source.headers is not None:
-            check_headers(mapping, source.headers)
-        for row in source:
-            translated = translate_row(mapping, row)
-            if translated.problem is not None:
-                invalid += 1
-                if invalid <= SHOWN:
-                    echo(f"  row {row.number}: invalid: {translated.problem}")
-                continue
-            valid += 1
-            if example is None:
-                example = translated.record
+    for translated in translated_rows(path, mapping):
+        if translated.problem is not None:
+            invalid += 1
+            if invalid <= SHOWN:
+                echo(f"  row {translated.number}: invalid: {translated.problem}")
+            continue
+        valid += 1
+        if example is None:
+            example = translated.record
     echo(
         f"{path.name}: mapping {mapping.name} -> {mapping.staging_table}: {valid} rows would be sent, "
         f"{invalid} invalid"

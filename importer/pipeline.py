@@ -99,6 +99,15 @@ class PostOutcome:
 T = TypeVar("T")
 
 
+def translated_rows(path: Path, mapping: Mapping) -> Iterator[TranslatedRow]:
+    """Every row of a file through its mapping, headers checked first (InputFileError if wrong)."""
+    with open_source(path, csv=mapping.csv, excel=mapping.excel, json=mapping.json) as source:
+        if source.headers is not None:
+            check_headers(mapping, source.headers)
+        for row in source:
+            yield translate_row(mapping, row)
+
+
 def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
     """Produce ``items`` in a helper thread, at most ``depth`` ahead of the consumer.
 
@@ -265,39 +274,27 @@ class Importer:
         if record.rerun_of is not None and record.rerun_scope == "failed":
             only = self.ledger.failed_source_rows(record.rerun_of)
         invalid: list[tuple[int, str]] = []
-        with open_source(
-            Path(record.path), csv=mapping.csv, excel=mapping.excel, json=mapping.json
-        ) as source:
-            if source.headers is not None:
-                check_headers(mapping, source.headers)
-            for row in source:
-                if row.number in known or (only is not None and row.number not in only):
-                    continue
-                translated = translate_row(mapping, row)
-                if translated.problem is not None:
-                    invalid.append((row.number, translated.problem))
-                    if len(invalid) >= 500:
-                        self.ledger.record_invalid_rows(file_id, invalid)
-                        invalid = []
-                    continue
-                yield translated
+        for translated in translated_rows(Path(record.path), mapping):
+            if translated.number in known or (only is not None and translated.number not in only):
+                continue
+            if translated.problem is not None:
+                invalid.append((translated.number, translated.problem))
+                if len(invalid) >= 500:
+                    self.ledger.record_invalid_rows(file_id, invalid)
+                    invalid = []
+                continue
+            yield translated
         self.ledger.record_invalid_rows(file_id, invalid)
 
     def _first_invalid_rows(self, file_id: int, mapping: Mapping, limit: int = 5) -> list[str]:
         record = self.ledger.get_file(file_id)
         assert record is not None
         found: list[str] = []
-        with open_source(
-            Path(record.path), csv=mapping.csv, excel=mapping.excel, json=mapping.json
-        ) as source:
-            if source.headers is not None:
-                check_headers(mapping, source.headers)
-            for row in source:
-                translated = translate_row(mapping, row)
-                if translated.problem is not None:
-                    found.append(f"row {row.number}: {translated.problem}")
-                    if len(found) >= limit:
-                        break
+        for translated in translated_rows(Path(record.path), mapping):
+            if translated.problem is not None:
+                found.append(f"row {translated.number}: {translated.problem}")
+                if len(found) >= limit:
+                    break
         return found
 
     def _post_rows(self, file_id: int, mapping: Mapping, progress: Progress) -> PostOutcome:

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from importer.sandbox import SandboxServer
-from importer.sandbox.defaults import ADMIN_PASSWORD, ADMIN_USER, IMPORT_PASSWORD, IMPORT_USER
+from importer.sandbox.defaults import IMPORT_PASSWORD, IMPORT_USER
+from tests.instance import table_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -151,18 +151,7 @@ class DaemonHost:
             ) from None
 
     def table(self, table: str, query: str = "", fields: str = "") -> list[dict[str, Any]]:
-        params = {"sysparm_query": query, "sysparm_exclude_reference_link": "true"}
-        if fields:
-            params["sysparm_fields"] = fields
-        response = requests.get(
-            f"{self.server.url}/api/now/table/{table}",
-            params=params,
-            auth=(ADMIN_USER, ADMIN_PASSWORD),
-            headers={"Accept": "application/json"},
-            timeout=10,
-        )
-        response.raise_for_status()
-        return list(response.json()["result"])
+        return table_rows(self.server.url, table, query, fields)
 
     def mapping(self, name: str, text: str) -> None:
         (self.root / "mappings" / f"{name}.yaml").write_text(textwrap.dedent(text))

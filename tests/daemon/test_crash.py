@@ -3,24 +3,20 @@ once, with the right value, and has exactly one final result in the ledger."""
 
 from __future__ import annotations
 
-import copy
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-import importer.sandbox
 from tests.daemon.conftest import DaemonHost, wait_for
 from tests.daemon.test_drops import USERS, users_csv
+from tests.instance import default_data
 
 ROWS = 50  # five batches of ten
 
 
 def slow_transform_data() -> dict[str, Any]:
-    path = Path(importer.sandbox.__file__).parent / "data" / "default.yaml"
-    data = copy.deepcopy(yaml.safe_load(path.read_text()))
+    data = default_data()
     data["instance"]["async_transform_delay_ms"] = 6000  # a wide window to die in
     return data
 

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import copy
 import shutil
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-import importer.sandbox
 from tests.daemon.conftest import REPO, DaemonHost
+from tests.instance import default_data
 
 SECRET = "pw-Zq9-unique-7731"
 WRONG = "pw-wrong-unique-8842"
 
 
 def data_with_password() -> dict[str, Any]:
-    data = copy.deepcopy(
-        yaml.safe_load((Path(importer.sandbox.__file__).parent / "data" / "default.yaml").read_text())
-    )
+    data = default_data()
     for user in data["users"]:
         if user["user_name"] == "svc.import":
             user["password"] = SECRET

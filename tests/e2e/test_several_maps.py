@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-import importer.sandbox
 from importer.sandbox import SandboxServer
 from tests.e2e.conftest import Workspace
+from tests.instance import default_data
 
 
 def two_map_data() -> dict[str, Any]:
-    data = copy.deepcopy(
-        yaml.safe_load((Path(importer.sandbox.__file__).parent / "data" / "default.yaml").read_text())
-    )
+    data = default_data()
     data["tables"]["u_onboarding_task"] = {
         "display": "short_description",
         "fields": ["employee_number", "short_description"],
