@@ -16,7 +16,7 @@ import click
 from importer import __version__
 from importer.config import Config, load_config
 from importer.errors import ImporterError, UsageError
-from importer.ledger import FileState, FileSummary, Ledger, RowState
+from importer.ledger import BatchState, FileState, FileSummary, Ledger, RowState
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -158,16 +158,32 @@ def _import_files(
         else:
             file_ids = [rt.importer.copy_in(path, mapping=mapping) for path in paths]
         for file_id in file_ids:
-            rt.importer.process_file(file_id, progress)
-        if wait:
+            record = rt.ledger.get_file(file_id)
+            if record is not None and record.state in (FileState.QUEUED, FileState.POSTING):
+                rt.importer.process_file(file_id, progress, retry_parked_now=True)  # asked for by hand
+        # Only files whose every batch the instance took can finish now; a file left posting (the
+        # instance kept refusing) is reported as such, and the same command later resumes it.
+        transforming = [
+            f.id for f in rt.ledger.files_in_states([FileState.TRANSFORMING], mine=True) if f.id in file_ids
+        ]
+        if wait and transforming:
             rt.importer.wait_for_results(
-                file_ids, poll_s=min(rt.config.daemon.poll_s, 2.0), progress=progress
+                transforming, poll_s=min(rt.config.daemon.poll_s, 2.0), progress=progress
             )
         if bars:
             for bar in bars:
                 bar.close()
         summaries = rt.ledger.summaries(file_ids)
         _print_summaries(summaries, as_json, None if as_json else rt.ledger)
+        for summary in summaries:
+            if summary.file.state in (FileState.QUEUED, FileState.POSTING):
+                parked = rt.ledger.batches(summary.file.id, [BatchState.PARKED])
+                reason = parked[-1].last_error if parked else "it was interrupted"
+                click.echo(
+                    f"importer: file {summary.file.id} ({summary.file.name}) is not finished: {reason}\n"
+                    "Run the same command again to resume it; nothing is sent twice.",
+                    err=True,
+                )
         return exit_code_for(summaries)
 
 
@@ -176,6 +192,11 @@ def rerun_file(rt: Any, file_id: int, failed_only: bool) -> int:
     original = rt.ledger.get_file(file_id)
     if original is None:
         raise UsageError(f"no file {file_id} in the ledger; `importer status` lists the files")
+    if original.state in (FileState.QUEUED, FileState.POSTING, FileState.TRANSFORMING):
+        raise UsageError(
+            f"file {file_id} ({original.name}) is still being imported ({original.state}); "
+            "re-run it once it is done"
+        )
     path = Path(original.path)
     if not path.exists():
         raise UsageError(f"file {file_id} ({original.name}) is no longer at {path}; it may have been pruned")

@@ -216,6 +216,11 @@ class Importer:
         """
         if not source.is_file():
             raise InputFileError(f"{source}: no such file")
+        unfinished = self.ledger.unfinished_import(inbox.file_sha256(source), source.name)
+        if unfinished is not None:
+            # The same command again after an interruption: carry on with that file.
+            log.info("file=%s name=%s was not finished; resuming it", unfinished, source.name)
+            return unfinished
         processing = self.config.paths.processing
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         target = processing / f"{stamp}-{inbox.safe_name(source.name)}"
@@ -233,7 +238,9 @@ class Importer:
             return self.mappings[record.mapping]
         return find_mapping(self.mappings, PurePosixPath(record.relative_path))
 
-    def process_file(self, file_id: int, progress: Progress | None = None) -> PostOutcome:
+    def process_file(
+        self, file_id: int, progress: Progress | None = None, *, retry_parked_now: bool = False
+    ) -> PostOutcome:
         """Post every row of a queued (or interrupted) file; it ends ``transforming``, or
         ``rejected``/``duplicate``, or stays ``posting`` with a parked batch to retry later."""
         progress = progress or Progress()
@@ -251,7 +258,7 @@ class Importer:
             self.ledger.assign_mapping(file_id, mapping.name, mapping.staging_table)
             group = chain_groups(self.mappings).get(mapping.name, mapping.name)
             with self.ledger.posting_lock(group):
-                return self._post_rows(file_id, mapping, progress)
+                return self._post_rows(file_id, mapping, progress, retry_parked_now)
         except InputFileError as exc:
             self.reject(file_id, str(exc))
             return PostOutcome(file_id, FileState.REJECTED, notes=[str(exc)])
@@ -297,7 +304,9 @@ class Importer:
                     break
         return found
 
-    def _post_rows(self, file_id: int, mapping: Mapping, progress: Progress) -> PostOutcome:
+    def _post_rows(
+        self, file_id: int, mapping: Mapping, progress: Progress, retry_parked_now: bool = False
+    ) -> PostOutcome:
         outcome = PostOutcome(file_id, FileState.POSTING)
         if mapping.on_invalid_row == "reject_file" and not self.ledger.known_source_rows(file_id):
             invalid = self._first_invalid_rows(file_id, mapping)
@@ -307,7 +316,7 @@ class Importer:
                     f"rows: {'; '.join(invalid)}. Fix the file and drop it again."
                 )
         self.ledger.mark_posting(file_id)
-        if not self._resolve_unfinished_batches(file_id, mapping):
+        if not self._resolve_unfinished_batches(file_id, mapping, retry_parked_now):
             outcome.parked = True
             return outcome
         staging = mapping.staging_table
@@ -427,7 +436,7 @@ class Importer:
 
     # -- crash recovery ----------------------------------------------------------------------
 
-    def _resolve_unfinished_batches(self, file_id: int, mapping: Mapping) -> bool:
+    def _resolve_unfinished_batches(self, file_id: int, mapping: Mapping, retry_parked_now: bool) -> bool:
         """Before sending more: settle batches a crash or a refusal left behind.
 
         ``posting`` batches may or may not have reached the instance; ``parked`` ones did not.
@@ -437,7 +446,7 @@ class Importer:
         chain = self._chain_for(file_id, mapping)
         for batch in self.ledger.batches(file_id, [BatchState.POSTING, BatchState.PARKED]):
             if batch.state == BatchState.PARKED:
-                if batch.next_attempt_at and batch.next_attempt_at > now:
+                if batch.next_attempt_at and batch.next_attempt_at > now and not retry_parked_now:
                     return False
                 self.ledger.abandon_batch(batch.id, f"parked ({batch.last_error}); rows sent again")
                 continue

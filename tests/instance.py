@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +40,34 @@ def table_rows(url: str, table: str, query: str = "", fields: str = "") -> list[
 def default_data() -> dict[str, Any]:
     """A fresh copy of the sandbox's default data set, for a test to change."""
     return copy.deepcopy(yaml.safe_load(DEFAULT_DATA.read_text()))
+
+
+@contextlib.contextmanager
+def sandbox_process(data: Path | None = None) -> Iterator[str]:
+    """`importer sandbox` in its own process (its work and memory are not the caller's); yields its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "importer",
+            "sandbox",
+            "--port",
+            str(port),
+            *(["--data", str(data)] if data else []),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:\d+", banner)
+        assert match, banner
+        yield match.group(0)
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -333,6 +333,22 @@ class Ledger:
                 .limit(1)
             ).scalar()
 
+    def unfinished_import(self, sha256: str, name: str) -> int | None:
+        """A file with this content and name that this host took and has not finished."""
+        with self._connect() as conn:
+            return conn.execute(
+                select(files.c.id)
+                .where(
+                    files.c.sha256 == sha256,
+                    files.c.name == name,
+                    files.c.rerun_of.is_(None),
+                    or_(files.c.host == self.host, files.c.host.is_(None)),
+                    files.c.state.in_([FileState.QUEUED, FileState.POSTING, FileState.TRANSFORMING]),
+                )
+                .order_by(files.c.id.desc())
+                .limit(1)
+            ).scalar()
+
     def _transition(
         self, conn: Connection, file_id: int, allowed: Iterable[FileState], new: FileState, **values: Any
     ) -> None:

@@ -12,17 +12,11 @@ times larger must stay about the same (bounded by a batch, not by the file).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
-import re
-import socket
-import subprocess
-import sys
 import time
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +25,7 @@ import requests
 from importer.app import runtime
 from importer.config import load_config
 from importer.sandbox.defaults import IMPORT_PASSWORD, IMPORT_USER
+from tests.instance import sandbox_process
 
 ROWS = int(os.environ.get("IMPORTER_BENCH_ROWS", "20000"))
 MAX_POST_RATIO = 3.0
@@ -52,29 +47,6 @@ columns:
 """
 
 pytestmark = pytest.mark.bench
-
-
-@contextlib.contextmanager
-def sandbox_process() -> Iterator[str]:
-    """`importer sandbox` in its own process: the instance's work (and memory) is not ours."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "importer", "sandbox", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        banner = process.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:\d+", banner)
-        assert match, banner
-        yield match.group(0)
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def write_csv(path: Path, rows: int) -> None:
