@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import requests
 
@@ -105,16 +106,14 @@ def test_oauth_tokens_expiring_mid_file_do_not_stop_the_import(workspace: Worksp
 def test_an_unreachable_instance_is_exit_1_and_the_same_command_later_resumes(workspace: Workspace) -> None:
     workspace.mapping("users", USERS_MAPPING)
     path = workspace.file("users.csv", SIXTY_USERS)
-    workspace.server.set_faults(latency_ms=0)
     workspace.write_config(retry_attempts=2)
     workspace.server.set_faults(outage_s=3)
+    time.sleep(0.2)  # the listening socket is closed: connections are refused from now on
     result = workspace.cli("import", str(path))
     assert result.code == 1
     assert "unreachable" in result.stderr.lower() or "refused" in result.stderr.lower(), result.stderr
     assert "[instance] url" in result.stderr  # what to check
     workspace.server.clear_faults()
-    import time
-
     time.sleep(3.2)  # the outage ends
     again = workspace.cli("import", str(path), "--json")
     assert again.code == 0, again.output
