@@ -164,7 +164,11 @@ def _import_files(
         # Only files whose every batch the instance took can finish now; a file left posting (the
         # instance kept refusing) is reported as such, and the same command later resumes it.
         transforming = [
-            f.id for f in rt.ledger.files_in_states([FileState.TRANSFORMING], mine=True) if f.id in file_ids
+            file_id
+            for file_id in file_ids
+            if (record := rt.ledger.get_file(file_id)) is not None
+            and record.state not in (FileState.QUEUED, FileState.POSTING)
+            and not rt.importer.results_complete(file_id)
         ]
         if wait and transforming:
             rt.importer.wait_for_results(

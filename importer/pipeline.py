@@ -99,13 +99,22 @@ class PostOutcome:
 T = TypeVar("T")
 
 
-def translated_rows(path: Path, mapping: Mapping) -> Iterator[TranslatedRow]:
-    """Every row of a file through its mapping, headers checked first (InputFileError if wrong)."""
-    with open_source(path, csv=mapping.csv, excel=mapping.excel, json=mapping.json) as source:
-        if source.headers is not None:
-            check_headers(mapping, source.headers)
-        for row in source:
-            yield translate_row(mapping, row)
+def translated_rows(path: Path, mapping: Mapping, name: str | None = None) -> Iterator[TranslatedRow]:
+    """Every row of a file through its mapping, headers checked first (InputFileError if wrong).
+
+    ``name``: the name the file was dropped with, for messages (``path`` may be the copy in
+    processing/, whose name carries a time stamp the person never saw).
+    """
+    try:
+        with open_source(path, csv=mapping.csv, excel=mapping.excel, json=mapping.json) as source:
+            if source.headers is not None:
+                check_headers(mapping, source.headers)
+            for row in source:
+                yield translate_row(mapping, row)
+    except InputFileError as exc:
+        if name is None or name == path.name:
+            raise
+        raise InputFileError(str(exc).replace(path.name, name), **exc.context) from exc
 
 
 def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
@@ -266,6 +275,16 @@ class Importer:
     def reject(self, file_id: int, reason: str) -> None:
         record = self.ledger.get_file(file_id)
         assert record is not None
+        sent = sum(
+            b.row_count for b in self.ledger.batches(file_id, [BatchState.POSTED, BatchState.COMPLETE])
+        )
+        if sent:
+            # Found part-way (say, undecodable bytes far down a CSV): what was sent stays sent, and
+            # its results are still recorded; the person must know both.
+            reason += (
+                f"\n{sent} rows before the problem had already been sent; their results are recorded "
+                f"(`importer report {file_id}`). Fix the file, then drop only the rows after them."
+            )
         log.warning("file=%s name=%s rejected: %s", file_id, record.name, reason)
         self.ledger.mark_rejected(file_id, reason)
         if record.rerun_of is None and Path(record.path).exists():
@@ -281,7 +300,7 @@ class Importer:
         if record.rerun_of is not None and record.rerun_scope == "failed":
             only = self.ledger.failed_source_rows(record.rerun_of)
         invalid: list[tuple[int, str]] = []
-        for translated in translated_rows(Path(record.path), mapping):
+        for translated in translated_rows(Path(record.path), mapping, record.name):
             if translated.number in known or (only is not None and translated.number not in only):
                 continue
             if translated.problem is not None:
@@ -297,7 +316,7 @@ class Importer:
         record = self.ledger.get_file(file_id)
         assert record is not None
         found: list[str] = []
-        for translated in translated_rows(Path(record.path), mapping):
+        for translated in translated_rows(Path(record.path), mapping, record.name):
             if translated.problem is not None:
                 found.append(f"row {translated.number}: {translated.problem}")
                 if len(found) >= limit:
@@ -645,6 +664,9 @@ class Importer:
             self.ledger.set_file_path(file_id, str(archived))
         log.info("file=%s name=%s finished rows=%s", file_id, record.name, self.ledger.row_counts(file_id))
 
+    def results_complete(self, file_id: int) -> bool:
+        return self.ledger.is_final(file_id) and not self.ledger.batches(file_id, [BatchState.POSTED])
+
     def wait_for_results(
         self,
         file_ids: list[int],
@@ -653,12 +675,13 @@ class Importer:
         timeout_s: float | None = None,
         progress: Progress | None = None,
     ) -> bool:
-        """Poll until every file is final; False if stopped or timed out first."""
+        """Poll until every file is final and every batch it sent has its results (a file rejected
+        part-way has some); False if stopped or timed out first."""
         deadline = None if timeout_s is None else datetime.now(UTC) + timedelta(seconds=timeout_s)
         delay = min(0.2, poll_s)
         while True:
             self.poll_results(file_ids, progress)
-            if all(self.ledger.is_final(file_id) for file_id in file_ids):
+            if all(self.results_complete(file_id) for file_id in file_ids):
                 return True
             if deadline is not None and datetime.now(UTC) >= deadline:
                 return False

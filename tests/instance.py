@@ -37,6 +37,19 @@ def table_rows(url: str, table: str, query: str = "", fields: str = "") -> list[
     return list(response.json()["result"])
 
 
+def count_rows(url: str, table: str, query: str = "") -> int:
+    """How many records a table holds, through the Aggregate API (as admin)."""
+    response = requests.get(
+        f"{url}/api/now/stats/{table}",
+        params={"sysparm_count": "true", "sysparm_query": query},
+        auth=(ADMIN_USER, ADMIN_PASSWORD),
+        headers={"Accept": "application/json"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return int(response.json()["result"]["stats"]["count"])
+
+
 def default_data() -> dict[str, Any]:
     """A fresh copy of the sandbox's default data set, for a test to change."""
     return copy.deepcopy(yaml.safe_load(DEFAULT_DATA.read_text()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from tests.e2e.conftest import REPO, Workspace
+from tests.instance import count_rows
 
 USERS_MAPPING = """
     staging_table: u_hr_user_import
@@ -155,3 +156,24 @@ def test_check_dry_runs_a_file_and_check_remote_finds_a_label_the_table_lacks(wo
     assert result.code == 2
     assert "'E-mail address' is not a label of u_hr_user_import" in result.stdout
     assert "'first name'" in result.stdout and "'First Name'" in result.stdout  # case hint
+
+
+def test_a_file_broken_far_down_is_rejected_and_says_which_rows_were_already_sent(
+    workspace: Workspace,
+) -> None:
+    workspace.mapping("users", USERS_MAPPING.replace("batch_rows: 2", "batch_rows: 500"))
+    good = "".join(f"{300000 + i:06d},F{i},L{i},Engineering,T\n" for i in range(20000)).encode()
+    path = workspace.file(
+        "users.csv", b"Emp ID,First,Last,Dept,Title\n" + good + b"000999,Bad,\xff\xfe,Engineering,T\n"
+    )
+    result = workspace.cli("import", str(path), "--json")
+    assert result.code == 3, result.output
+    [summary] = json.loads(result.stdout)
+    assert summary["state"] == "rejected"
+    assert summary["error"].startswith("users.csv: 0xff on line 20,002")  # as the person knows the file
+    assert "rows before the problem had already been sent" in summary["error"]
+    sent = int(summary["error"].split(" rows before")[0].rsplit("\n", 1)[-1])
+    assert sent > 0 and sent % 500 == 0  # whole batches only; the batch holding the bad line was never sent
+    assert count_rows(workspace.server.url, "u_hr_user_import") == sent
+    entries = json.loads(workspace.cli("report", "1", "--format", "json").stdout)
+    assert [e["state"] for e in entries] == ["inserted"] * sent  # their results are recorded
