@@ -240,7 +240,7 @@ class Daemon:
             return "-"  # rejected anyway: any worker will do
         return chain_groups(self.rt.importer.mappings).get(mapping.name, mapping.name)
 
-    def _submit(self, file_id: int) -> None:
+    def _submit(self, file_id: int, *, retry_parked_now: bool = False) -> None:
         self._handled.append(file_id)
         self._in_flight.add(file_id)
         group = self._group_of(file_id)
@@ -249,20 +249,20 @@ class Daemon:
             worker = self._workers[group] = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix=f"post-{group}"
             )
-        self._futures.append(worker.submit(self._post_file, file_id))
+        self._futures.append(worker.submit(self._post_file, file_id, retry_parked_now))
 
-    def _post_file(self, file_id: int) -> None:
+    def _post_file(self, file_id: int, retry_parked_now: bool) -> None:
         try:
-            self._post_file_now(file_id)
+            self._post_file_now(file_id, retry_parked_now)
         finally:
             self._in_flight.discard(file_id)
 
-    def _post_file_now(self, file_id: int) -> None:
+    def _post_file_now(self, file_id: int, retry_parked_now: bool) -> None:
         with self._slots:
             if self.stop_event.is_set():
                 return
             try:
-                outcome = self.rt.importer.process_file(file_id)
+                outcome = self.rt.importer.process_file(file_id, retry_parked_now=retry_parked_now)
                 if outcome.state == FileState.DUPLICATE:
                     self.rt.importer.complete_file(file_id)
                 self.notifier.status(f"file {file_id}: {outcome.state}")
@@ -322,7 +322,8 @@ class Daemon:
         self.wake.set()
 
     def _retry_parked(self, force: bool = False) -> None:
-        """Files left posting (a parked batch, or the instance down) are posted again when due."""
+        """Files left posting (a parked batch, or the instance down) are posted again when due;
+        ``force``: now (run --once gives the instance one more chance before it exits)."""
         now = datetime.now(UTC)
         for record in self.rt.ledger.files_in_states([FileState.POSTING, FileState.QUEUED], mine=True):
             parked = self.rt.ledger.batches(record.id, [BatchState.PARKED])
@@ -330,10 +331,7 @@ class Daemon:
                 continue
             if record.id in self._in_flight:
                 continue  # being posted right now
-            if force:
-                for batch in parked:
-                    self.rt.ledger.abandon_batch(batch.id, f"retried ({batch.last_error})")
-            self._submit(record.id)
+            self._submit(record.id, retry_parked_now=force)
         if force:
             for future in list(self._futures):
                 future.result()
