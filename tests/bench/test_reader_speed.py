@@ -24,6 +24,7 @@ from pathlib import Path
 
 import openpyxl
 import pytest
+from openpyxl.cell import WriteOnlyCell
 
 from importer.readers import open_source
 from importer.readers.excel import cell_text
@@ -31,7 +32,19 @@ from importer.readers.excel import cell_text
 pytestmark = pytest.mark.bench
 
 ROWS = int(os.environ.get("IMPORTER_BENCH_ROWS", "3000"))
-HEADERS = ["Emp ID", "Name", "Phone", "Dept", "Grade", "Salary", "Start", "Updated", "Active", "Lookup"]
+HEADERS = [
+    "Emp ID",
+    "Name",
+    "Phone",
+    "Dept",
+    "Grade",
+    "Salary",
+    "Start",
+    "Updated",
+    "Active",
+    "Lookup",
+    "Badge",
+]
 
 
 def _row(i: int) -> list[object]:
@@ -56,7 +69,9 @@ def workbook(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ws = wb.create_sheet("Data")
     ws.append(HEADERS)
     for i in range(ROWS):
-        ws.append(_row(i))
+        badge = WriteOnlyCell(ws, value=i)  # a number shown as 000123: the usual HR employee number
+        badge.number_format = "000000"
+        ws.append([*_row(i), badge])
     wb.save(path)
     # Excel saves a formula with its cached value; openpyxl cannot, so write the #N/A error in.
     _give_first_formula_an_error_value(path)
@@ -114,6 +129,7 @@ def _promises(rows: list[list[str]]) -> dict[str, bool]:
         "datetimes with time": first[7] == "2024-01-01 08:30:00",
         "booleans TRUE/FALSE": first[8] == "TRUE" and second[8] == "FALSE",
         "error cells (#N/A)": first[9] == "#N/A",
+        "numbers formatted 000000": first[10] == "000000" and second[10] == "000001",
     }
 
 
