@@ -27,9 +27,9 @@ from typing import Any
 from importer import inbox
 from importer.app import Runtime, runtime
 from importer.config import Config
-from importer.errors import ImporterError, InputFileError, TransientError
+from importer.errors import ConfigError, ImporterError, InputFileError, TransientError
 from importer.ledger import BatchState, FileState, RowState
-from importer.mapping import chain_groups
+from importer.mapping import chain_groups, load_mappings
 from importer.notify import SystemdNotifier
 
 log = logging.getLogger("importer.daemon")
@@ -90,6 +90,7 @@ class Daemon:
                     self.config.daemon.metrics_port, rt.ledger, lambda: self.last_successful_poll
                 )
                 log.info("metrics on http://127.0.0.1:%s/metrics", port)
+            self._mappings_seen = self._mappings_stamp()
             self._adopt_unrecorded_files()
             self._file_away_finished()
             resumed = [
@@ -175,10 +176,10 @@ class Daemon:
                 if self.stop_event.is_set():
                     break
                 self._take(candidate)
-            # Files still settling need another look soon; otherwise sleep until an event or a rescan.
+            # Files still settling need another look soon; otherwise sleep until a file event, the
+            # scheduler's rescan, or a stop wakes us.
             unsettled = len(candidates) > 0
-            timeout = max(min(daemon.settle_s / 2, 1.0), 0.05) if unsettled else daemon.rescan_s
-            self.wake.wait(timeout)
+            self.wake.wait(max(min(daemon.settle_s / 2, 1.0), 0.05) if unsettled else None)
             self.wake.clear()
 
     # -- taking and posting ------------------------------------------------------------------
@@ -319,7 +320,30 @@ class Daemon:
             log.exception("polling results failed")
 
     def _rescan_job(self) -> None:
+        self._reload_mappings_if_changed()
         self.wake.set()
+
+    def _mappings_stamp(self) -> tuple[tuple[str, int], ...]:
+        folder = self.config.paths.mappings
+        return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.y*ml") if p.is_file()))
+
+    def _reload_mappings_if_changed(self) -> None:
+        """Edited mapping files take effect at the next rescan; a broken edit is logged and the
+        mappings in use are kept (the daemon keeps going)."""
+        try:
+            stamp = self._mappings_stamp()
+        except OSError as exc:
+            log.error("cannot read the mappings folder: %s", exc)
+            return
+        if stamp == self._mappings_seen:
+            return
+        self._mappings_seen = stamp
+        try:
+            self.rt.importer.mappings = load_mappings(self.config.paths.mappings)
+        except ConfigError as exc:
+            log.error("mappings changed but are not valid; still using the previous ones:\n%s", exc)
+            return
+        log.info("mappings reloaded: %s", ", ".join(sorted(self.rt.importer.mappings)))
 
     def _retry_parked(self, force: bool = False) -> None:
         """Files left posting (a parked batch, or the instance down) are posted again when due;

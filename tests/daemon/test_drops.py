@@ -226,3 +226,20 @@ def test_metrics_show_files_rows_and_retries(host: DaemonHost) -> None:
     assert 'importer_rows{state="inserted"} 1.0' in text and 'importer_rows{state="updated"} 1.0' in text
     assert 'importer_http_retries_total{reason="429"}' in text
     assert "importer_last_successful_poll_timestamp_seconds 0.0" not in text
+
+
+def test_a_mapping_added_while_running_takes_effect_and_a_broken_one_is_ignored(host: DaemonHost) -> None:
+    host.start()
+    (host.inbox / "users-1.csv").write_text(users_csv(2, start=600))
+    [first] = host.wait_final(1)
+    assert first["state"] == "rejected" and "no mapping matches" in first["error"]
+    (host.root / "mappings" / "broken.yaml").write_text("staging_table: [not, a, name]\n")
+    time.sleep(1.5)  # a rescan: the broken file is reported, the mappings in use are kept
+    (host.root / "mappings" / "broken.yaml").unlink()
+    host.mapping("users", USERS)
+    time.sleep(1.5)  # the next rescan reloads them
+    (host.inbox / "users-2.csv").write_text(users_csv(2, start=610))
+    files = host.wait_final(2)
+    assert files[1]["state"] == "done" and files[1]["rows"] == {"inserted": 2}
+    assert "not valid; still using the previous ones" in host.logs()
+    assert host.process is not None and host.process.poll() is None  # it kept going
