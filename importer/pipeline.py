@@ -1,7 +1,7 @@
 """One file end to end: read -> map + validate -> batch -> post -> ledger -> poll results -> report, archive.
 
 ``Importer`` is shared by the one-shot ``importer import`` and the daemon. Every step is
-recorded in the ledger before and after it happens, so ``resume_file`` can pick a file up
+recorded in the ledger before and after it happens, so ``process_file`` can pick a file up
 wherever a crash or a stop left it: rows already in the ledger are not sent again, a batch
 whose answer was lost is looked for at the instance before anything is re-sent.
 """
@@ -169,6 +169,16 @@ def _field(record: dict[str, Any], name: str) -> str:
     if isinstance(value, dict):
         value = value.get("value", "")
     return "" if value is None else str(value)
+
+
+def _holds_values(staged: dict[str, Any], record: dict[str, str]) -> bool:
+    """Whether a staging row holds the values of the record we sent. Staging columns are named,
+    not labelled, may truncate a value to their length, and drop a key they do not know: so
+    compare values, and ask for most of them, not all."""
+    got = [v for v in staged.values() if isinstance(v, str) and v]
+    wanted = [v for v in record.values() if v]
+    found = sum(1 for v in wanted if any(v == g or (len(g) >= 10 and v.startswith(g)) for g in got))
+    return not wanted or found * 2 >= len(wanted)
 
 
 def _display(record: dict[str, Any], name: str) -> str:
@@ -487,7 +497,9 @@ class Importer:
     ) -> bool:
         """A batch whose answer was lost: find its import set at the instance, or send it again."""
         batch = next(b for b in self.ledger.batches(file_id) if b.id == batch_id)
-        found = self.find_posted_import_set(mapping.staging_table, batch)
+        rows = list(rows) if rows is not None else None
+        first = rows[0] if rows else self._source_row(file_id, mapping, batch.first_source_row)
+        found = self.find_posted_import_set(mapping.staging_table, batch, first.record if first else None)
         if found is not None:
             import_set_id, multi_id = found
             self._accepted(file_id, chain, batch_id, import_set_id, multi_id)
@@ -498,13 +510,20 @@ class Importer:
         self.ledger.abandon_batch(batch_id, "not found at the instance after a lost answer; sent again")
         if rows is None:
             return True  # resume: the rows are read again from the file and re-batched
-        rows = list(rows)
         again = Batch(rows=tuple(rows), body=encode_body([row.record or {} for row in rows]))
         return self._post_batch(file_id, mapping, again, chain)
 
-    def find_posted_import_set(self, staging_table: str, batch: BatchRecord) -> tuple[str, str] | None:
+    def _source_row(self, file_id: int, mapping: Mapping, number: int) -> TranslatedRow | None:
+        record = self.ledger.get_file(file_id)
+        assert record is not None
+        return next((r for r in translated_rows(Path(record.path), mapping) if r.number == number), None)
+
+    def find_posted_import_set(
+        self, staging_table: str, batch: BatchRecord, first_record: dict[str, str] | None
+    ) -> tuple[str, str] | None:
         """Look for an import set holding this batch: created on this staging table since the
-        batch was sent, not claimed by another batch, with the same number of rows."""
+        batch was sent, not claimed by another batch, with as many rows, and whose first row
+        holds the batch's first record's values (another host's set of the same size does not)."""
         started = (batch.posting_started_at or datetime.now(UTC)) - timedelta(seconds=2)
         since = started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
         claimed = self.ledger.claimed_import_sets(staging_table)
@@ -520,8 +539,15 @@ class Importer:
         for candidate in candidates:
             sys_id = _field(candidate, "sys_id")
             count = self.client.count(staging_table, f"sys_import_set={sys_id}")
-            if count == batch.row_count:
-                return sys_id, _field(candidate, "multi_import_set")
+            if count != batch.row_count:
+                continue
+            if first_record is not None:
+                staged = next(
+                    iter(self.client.query(staging_table, f"sys_import_set={sys_id}^sys_import_row=0")), {}
+                )
+                if not _holds_values(staged, first_record):
+                    continue
+            return sys_id, _field(candidate, "multi_import_set")
         return None
 
     # -- results -----------------------------------------------------------------------------
