@@ -7,6 +7,7 @@ import time
 
 import requests
 
+from importer.sandbox import SandboxServer
 from importer.sandbox.defaults import (
     IMPORT_PASSWORD,
     NO_ROLES_PASSWORD,
@@ -15,6 +16,7 @@ from importer.sandbox.defaults import (
     OAUTH_CLIENT_SECRET,
 )
 from tests.e2e.conftest import REPO, Workspace
+from tests.instance import default_data
 
 SIXTY_USERS = "Emp ID,First,Last,Dept,Title\n" + "".join(
     f"{500 + i:06d},F{i},L{i},Engineering,T{i}\n" for i in range(60)
@@ -122,3 +124,21 @@ def test_an_unreachable_instance_is_exit_1_and_the_same_command_later_resumes(wo
     assert summary["id"] == 1  # the same file, resumed, not a duplicate
     assert summary["rows"] == {"inserted": 60}
     assert len(workspace.table("u_hr_user_import")) == 60
+
+
+def test_a_body_refused_as_too_large_is_split_and_every_row_arrives(
+    workspace: Workspace,
+) -> None:
+    data = default_data()
+    data["instance"]["max_content_length_bytes"] = 2500  # the instance allows less than we think
+    with SandboxServer(data=data) as server:
+        workspace.server = server
+        workspace.write_config(max_request_bytes=20_000)
+        workspace.mapping("users", USERS_MAPPING.replace("batch_rows: 5", "batch_rows: 60"))
+        path = workspace.file("users.csv", SIXTY_USERS)
+        result = workspace.cli("import", str(path), "--json")
+        assert result.code == 0, result.output
+        assert json.loads(result.stdout)[0]["rows"] == {"inserted": 60}
+        sets = workspace.table("sys_import_set", "table_name=u_hr_user_import")
+        assert len(sets) > 1  # split into several requests, each small enough
+        assert len(workspace.table("u_hr_user_import")) == 60  # none twice, none lost
