@@ -142,3 +142,18 @@ def test_a_body_refused_as_too_large_is_split_and_every_row_arrives(
         sets = workspace.table("sys_import_set", "table_name=u_hr_user_import")
         assert len(sets) > 1  # split into several requests, each small enough
         assert len(workspace.table("u_hr_user_import")) == 60  # none twice, none lost
+
+
+def test_a_row_too_large_for_any_request_is_invalid_and_the_rest_is_sent(workspace: Workspace) -> None:
+    workspace.write_config(max_request_bytes=10_000)
+    workspace.mapping("users", USERS_MAPPING)
+    path = workspace.file("users.csv", SIXTY_USERS.replace("T7\n", "T" + "x" * 12_000 + "\n", 1))
+    result = workspace.cli("import", str(path), "--json")
+    assert result.code == 3, result.output
+    assert json.loads(result.stdout)[0]["rows"] == {"inserted": 59, "invalid": 1}
+    [entry] = [
+        e
+        for e in json.loads(workspace.cli("report", "1", "--format", "json").stdout)
+        if e["state"] == "invalid"
+    ]
+    assert entry["source_row"] == 9 and "max_request_bytes" in entry["message"]
