@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 from importer.config import Config
 from importer.errors import InputFileError
 from importer.mapping import Mapping, find_mapping
-from importer.pipeline import translated_rows
+from importer.pipeline import translated_rows, unknown_staging_keys
 
 Echo = Callable[[str], None]
 SHOWN = 10
@@ -48,34 +48,16 @@ def check_remote(config: Config, mappings: dict[str, Mapping], echo: Echo) -> in
     problems = 0
     with instance_client(config) as client:
         for name, mapping in sorted(mappings.items()):
-            columns = list(
-                client.query(
-                    "sys_dictionary",
-                    f"name={mapping.staging_table}^elementISNOTEMPTY",
-                    fields=["element", "column_label"],
-                )
-            )
-            if not columns:
+            unknown = unknown_staging_keys(client, mapping)
+            if unknown is None:
                 echo(
                     f"mapping {name}: staging table {mapping.staging_table} has no columns on the instance "
                     "(does it exist? is the user allowed to read sys_dictionary?)"
                 )
                 problems += 1
                 continue
-            field = "column_label" if mapping.key_by == "label" else "element"
-            kind = "label" if field == "column_label" else "column name"
-            known = {str(c.get(field, "")) for c in columns}
-            for target in mapping.targets:
-                if target in known:
-                    continue
-                hint = ""
-                lowered = {k.lower(): k for k in known}
-                if target.lower() in lowered:
-                    hint = f" (the table has {lowered[target.lower()]!r}: labels are case-sensitive)"
-                echo(
-                    f"mapping {name}: {target!r} is not a {kind} of {mapping.staging_table}{hint}; "
-                    "ServiceNow would drop it silently"
-                )
+            for message in unknown:
+                echo(f"mapping {name}: {message}")
                 problems += 1
             maps = client.count("sys_transform_map", f"source_table={mapping.staging_table}^active=true")
             if not maps:

@@ -24,6 +24,7 @@ from importer.batching import Batch, OversizeRow, build_batches, encode_body, sp
 from importer.config import Config
 from importer.errors import (
     AmbiguousResponse,
+    AuthError,
     ImporterError,
     InputFileError,
     RequestTooLarge,
@@ -117,6 +118,36 @@ def translated_rows(path: Path, mapping: Mapping, name: str | None = None) -> It
         raise InputFileError(str(exc).replace(path.name, name), **exc.context) from exc
 
 
+def unknown_staging_keys(client: InstanceClient, mapping: Mapping) -> list[str] | None:
+    """Every key the mapping sends that its staging table lacks (ServiceNow drops such keys
+    silently: the rows would land with those fields empty), one message each; None when the
+    instance lists no columns for the table (it does not exist, or sys_dictionary is not readable)."""
+    columns = list(
+        client.query(
+            "sys_dictionary",
+            f"name={mapping.staging_table}^elementISNOTEMPTY",
+            fields=["element", "column_label"],
+        )
+    )
+    if not columns:
+        return None
+    field = "column_label" if mapping.key_by == "label" else "element"
+    kind = "label" if field == "column_label" else "column name"
+    known = {str(c.get(field, "")) for c in columns}
+    lowered = {k.lower(): k for k in known}
+    messages = []
+    for target in mapping.targets:
+        if target in known:
+            continue
+        hint = ""
+        if target.lower() in lowered:
+            hint = f" (the table has {lowered[target.lower()]!r}: {kind}s are case-sensitive)"
+        messages.append(
+            f"{target!r} is not a {kind} of {mapping.staging_table}{hint}; ServiceNow would drop it silently"
+        )
+    return messages
+
+
 def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
     """Produce ``items`` in a helper thread, at most ``depth`` ahead of the consumer.
 
@@ -204,6 +235,7 @@ class Importer:
         self.mappings = mappings
         self.stop_event = stop_event or threading.Event()
         self._transform_maps: dict[str, int] = {}
+        self._unknown_keys: dict[str, list[str] | None] = {}
         paths = config.paths
         inbox.ensure_private_dirs(paths.processing, paths.archive, paths.failed, paths.reports)
 
@@ -344,6 +376,7 @@ class Importer:
                     f"mapping {mapping.name} says on_invalid_row: reject_file, and the file has invalid "
                     f"rows: {'; '.join(invalid)}. Fix the file and drop it again."
                 )
+        self._refuse_keys_the_instance_would_drop(mapping)
         self.ledger.mark_posting(file_id)
         if not self._resolve_unfinished_batches(file_id, mapping, retry_parked_now):
             outcome.parked = True
@@ -385,6 +418,27 @@ class Importer:
         log.info("file=%s staging=%s posted rows=%s", file_id, staging, outcome.sent)
         outcome.state = FileState.TRANSFORMING
         return outcome
+
+    def _refuse_keys_the_instance_would_drop(self, mapping: Mapping) -> None:
+        """Checked once per mapping (and again after it is edited): a label the staging table does
+        not have would lose that column of every row without a word from ServiceNow."""
+        key = f"{mapping.name}:{mapping.staging_table}:{','.join(mapping.targets)}"
+        if key not in self._unknown_keys:
+            try:
+                self._unknown_keys[key] = unknown_staging_keys(self.client, mapping)
+            except AuthError as exc:
+                log.warning(
+                    "cannot read sys_dictionary to check mapping %s (%s); not checked", mapping.name, exc
+                )
+                self._unknown_keys[key] = None
+        unknown = self._unknown_keys[key]
+        if unknown:
+            raise InputFileError(
+                f"mapping {mapping.name} ({mapping.source}) sends keys the staging table lacks: "
+                + "; ".join(unknown)
+                + ". Fix the mapping (`importer check --remote` lists every such key) and drop the file"
+                " again."
+            )
 
     def _chain_for(self, file_id: int, mapping: Mapping) -> _Chain:
         """Where the file's next batch goes in the run_after chain (read once per posting run)."""

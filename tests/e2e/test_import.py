@@ -194,3 +194,26 @@ def test_a_file_broken_far_down_is_rejected_and_says_which_rows_were_already_sen
     assert count_rows(workspace.server.url, "u_hr_user_import") == sent
     entries = json.loads(workspace.cli("report", "1", "--format", "json").stdout)
     assert [e["state"] for e in entries] == ["inserted"] * sent  # their results are recorded
+
+
+def test_a_mapping_label_the_staging_table_lacks_rejects_the_file_before_anything_is_lost(
+    workspace: Workspace,
+) -> None:
+    workspace.mapping(
+        "users",
+        """
+        staging_table: u_hr_user_import
+        match: ["users*"]
+        columns:
+          "Emp ID": "Employee Number"
+          "Mail": "E-mail address"
+        """,
+    )
+    path = workspace.file("users.csv", "Emp ID,Mail\n000901,a@example.com\n")
+    result = workspace.cli("import", str(path), "--json")
+    assert result.code == 3, result.output
+    [summary] = json.loads(result.stdout)
+    assert summary["state"] == "rejected"
+    assert "'E-mail address' is not a label of u_hr_user_import" in summary["error"]
+    assert "importer check --remote" in summary["error"]
+    assert workspace.table("sys_import_set", "table_name=u_hr_user_import") == []  # nothing sent
