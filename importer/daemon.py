@@ -48,7 +48,7 @@ class Daemon:
         self._workers: dict[str, ThreadPoolExecutor] = {}
         self._futures: list[Future[Any]] = []
         self._slots = threading.BoundedSemaphore(config.daemon.max_concurrent_files)
-        self._handled: list[int] = []
+        self._handled: set[int] = set()  # files this run took or resumed (what --once reports on)
         self._in_flight: set[int] = set()  # file ids submitted and not yet returned
         self._fatal: ImporterError | None = None  # the instance refused us (auth, unknown table...)
         self.last_successful_poll: datetime | None = None
@@ -136,7 +136,7 @@ class Daemon:
         for future in list(self._futures):
             future.result()
         file_ids = sorted(
-            set(self._handled)
+            self._handled
             | set(resumed)
             | {f.id for f in self.rt.ledger.files_in_states([FileState.TRANSFORMING], mine=True)}
         )
@@ -242,7 +242,7 @@ class Daemon:
         return chain_groups(self.rt.importer.mappings).get(mapping.name, mapping.name)
 
     def _submit(self, file_id: int, *, retry_parked_now: bool = False) -> None:
-        self._handled.append(file_id)
+        self._handled.add(file_id)
         self._in_flight.add(file_id)
         group = self._group_of(file_id)
         worker = self._workers.get(group)
@@ -250,6 +250,8 @@ class Daemon:
             worker = self._workers[group] = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix=f"post-{group}"
             )
+        # Keep only what is still running: a daemon runs for months.
+        self._futures = [f for f in self._futures if not f.done()]
         self._futures.append(worker.submit(self._post_file, file_id, retry_parked_now))
 
     def _post_file(self, file_id: int, retry_parked_now: bool) -> None:
