@@ -352,11 +352,13 @@ class Daemon:
         ``force``: now (run --once gives the instance one more chance before it exits)."""
         now = datetime.now(UTC)
         for record in self.rt.ledger.files_in_states([FileState.POSTING, FileState.QUEUED], mine=True):
-            parked = self.rt.ledger.batches(record.id, [BatchState.PARKED])
-            if parked and not force and any(b.next_attempt_at and b.next_attempt_at > now for b in parked):
-                continue
             if record.id in self._in_flight:
                 continue  # being posted right now
+            parked = self.rt.ledger.batches(record.id, [BatchState.PARKED])
+            if not parked and record.id not in self._handled:
+                continue  # another process is posting it (`importer import` or `rerun` beside us)
+            if parked and not force and any(b.next_attempt_at and b.next_attempt_at > now for b in parked):
+                continue
             self._submit(record.id, retry_parked_now=force)
         if force:
             for future in list(self._futures):

@@ -35,6 +35,7 @@ from importer.ledger import (
     BatchRecord,
     BatchState,
     FileState,
+    IllegalTransition,
     Ledger,
     RowResult,
     RowState,
@@ -638,7 +639,10 @@ class Importer:
             if state == "processed":
                 file = self.ledger.get_file(batch.file_id)
                 assert file is not None and file.staging_table is not None
-                self.record_batch_results(file.staging_table, batch)
+                try:
+                    self.record_batch_results(file.staging_table, batch)
+                except IllegalTransition:
+                    continue  # another process (the daemon, or a command beside it) recorded them first
                 progress.rows_finished(batch.row_count)
                 touched.add(batch.file_id)
             elif state is None and batch.import_set_id and batch.import_set_id not in states:
@@ -657,7 +661,10 @@ class Importer:
                 continue
             if self.ledger.batches(file_id, [BatchState.POSTED, BatchState.POSTING, BatchState.PARKED]):
                 continue
-            self.ledger.finish_file(file_id)
+            try:
+                self.ledger.finish_file(file_id)
+            except IllegalTransition:
+                continue  # finished by another process meanwhile
             self.complete_file(file_id)
             finished.append(file_id)
         return finished

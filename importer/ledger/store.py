@@ -209,12 +209,24 @@ def _prepare_sqlite(url: str) -> None:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # The driver's own transaction handling starts transactions late (and DDL outside them);
+    # transactions are begun explicitly instead (_sqlite_begin).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process crash
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE: take the write lock when the transaction starts, so that two processes (the
+    # daemon and a command run beside it) checking a state and then changing it never both
+    # pass the check; the loser waits (busy_timeout), then sees the new state. Streaming reads
+    # (reports) say read_only and take no lock.
+    read_only = conn.get_execution_options().get("read_only", False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class Ledger:
@@ -237,6 +249,7 @@ class Ledger:
             raise ConfigError(f"paths.ledger: cannot use {parsed.render_as_string()}: {exc}") from exc
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin)
         if migrate:
             self.migrate()
 
@@ -352,7 +365,8 @@ class Ledger:
     def _transition(
         self, conn: Connection, file_id: int, allowed: Iterable[FileState], new: FileState, **values: Any
     ) -> None:
-        state = conn.execute(select(files.c.state).where(files.c.id == file_id)).scalar()
+        # FOR UPDATE (PostgreSQL): a transition checks and changes the state as one step.
+        state = conn.execute(select(files.c.state).where(files.c.id == file_id).with_for_update()).scalar()
         if state is None:
             raise IllegalTransition(f"file {file_id} is not in the ledger")
         if FileState(state) not in set(allowed):
@@ -572,7 +586,9 @@ class Ledger:
     def _batch_transition(
         self, conn: Connection, batch_id: int, allowed: Iterable[BatchState], new: BatchState, **values: Any
     ) -> None:
-        state = conn.execute(select(batches.c.state).where(batches.c.id == batch_id)).scalar()
+        state = conn.execute(
+            select(batches.c.state).where(batches.c.id == batch_id).with_for_update()
+        ).scalar()
         if state is None or BatchState(state) not in set(allowed):
             raise IllegalTransition(f"batch {batch_id} is {state}; it cannot become {new}")
         conn.execute(update(batches).where(batches.c.id == batch_id).values(state=new, **values))
@@ -709,7 +725,7 @@ class Ledger:
         ``error`` with a message saying so — a row is never left without a result).
         """
         with self._connect() as conn:
-            batch = conn.execute(select(batches).where(batches.c.id == batch_id)).first()
+            batch = conn.execute(select(batches).where(batches.c.id == batch_id).with_for_update()).first()
             if batch is None or batch.state != BatchState.POSTED:
                 raise IllegalTransition(f"batch {batch_id} is not waiting for results")
             members = {
@@ -836,7 +852,8 @@ class Ledger:
             .order_by(rows.c.source_row, results.c.id)
         )
         with self.engine.connect() as conn:
-            for row in conn.execution_options(yield_per=2000).execute(query):
+            # A report streams while the person reads it: it must not hold the write lock.
+            for row in conn.execution_options(yield_per=2000, read_only=True).execute(query):
                 yield {
                     "file_id": row.file_id,
                     "source_row": row.source_row,

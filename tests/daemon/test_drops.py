@@ -243,3 +243,21 @@ def test_a_mapping_added_while_running_takes_effect_and_a_broken_one_is_ignored(
     assert files[1]["state"] == "done" and files[1]["rows"] == {"inserted": 2}
     assert "not valid; still using the previous ones" in host.logs()
     assert host.process is not None and host.process.poll() is None  # it kept going
+
+
+def test_a_rerun_by_hand_beside_the_running_daemon_is_posted_once(host: DaemonHost) -> None:
+    host.mapping("users", USERS.replace("batch_rows: 10", "batch_rows: 5"))
+    (host.inbox / "users.csv").write_text(users_csv(100, start=800))
+    host.start()
+    [original] = host.wait_final(1)
+    assert original["rows"] == {"inserted": 100}
+    # 20 batches at 300 ms each: the daemon's periodic jobs run while the command posts.
+    host.server.set_faults(latency_ms=300, endpoints=["insertMultiple"])
+    received = host.server.counters()["rows_received"]
+    result = host.cli("rerun", str(original["id"]), "--json")
+    assert result.returncode == 0, result.stderr
+    assert host.server.counters()["rows_received"] - received == 100  # not a row twice
+    files = host.wait_final(2)
+    assert files[1]["rerun_of"] == original["id"]
+    assert files[1]["rows"] == {"ignored": 100}  # the same values again: nothing changed
+    assert host.process is not None and host.process.poll() is None
