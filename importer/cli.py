@@ -58,17 +58,19 @@ def _fail(exc: BaseException, debug: bool) -> NoReturn:
 
 
 def exit_code_for(summaries: Iterable[FileSummary]) -> int:
+    """0: every row inserted/updated/ignored/skipped; 3: done, but rows in error or invalid, or a
+    file rejected; 1: a file could not be finished now (the instance kept refusing)."""
     code = EXIT_OK
     for summary in summaries:
         state = summary.file.state
+        if state in (FileState.QUEUED, FileState.POSTING):
+            return EXIT_FAILURE  # the same command again resumes it (the daemon retries by itself)
         if (
             state == FileState.REJECTED
             or summary.rows.get(RowState.ERROR, 0)
             or summary.rows.get(RowState.INVALID, 0)
         ):
             code = EXIT_ROWS_FAILED
-        elif state in (FileState.QUEUED, FileState.POSTING) and summary.batches_in_flight:
-            return EXIT_FAILURE  # parked: the instance kept refusing; the daemon would retry
     return code
 
 
