@@ -28,7 +28,7 @@ from importer.sandbox.defaults import IMPORT_PASSWORD, IMPORT_USER
 from tests.instance import sandbox_process
 
 ROWS = int(os.environ.get("IMPORTER_BENCH_ROWS", "20000"))
-MAX_POST_RATIO = 3.0
+MAX_POST_RATIO = 4.0  # measured 1.8-2.6 on this 2-core host; the bound catches a regression, not noise
 HEADERS = ["Emp ID", "First", "Last", "E-mail", "Phone", "Dept", "Start", "Title"]
 LABELS = ["Employee Number", "First Name", "Last Name", "Email", "Phone", "Department", "Start Date", "Title"]
 MAPPING = """
