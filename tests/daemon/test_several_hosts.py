@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,15 +47,16 @@ def test_each_host_finishes_its_own_files_and_leaves_the_others_alone(
     (beta.inbox / "users-b.csv").write_text(users_csv(30, start=400))
     shutil.copy(REPO / "samples" / "departments.csv", beta.inbox / "departments.csv")
     beta.start()
-    files = wait_for(
-        lambda: [
+
+    def betas_files_done() -> list[dict[str, Any]] | None:
+        done = [
             f
             for f in beta.status()
             if f["name"] != "users-a.csv" and f["state"] in ("done", "done_with_errors")
-        ],
-        60,
-        "beta's files",
-    )
+        ]
+        return done if len(done) == 2 else None
+
+    files = wait_for(betas_files_done, 60, "beta's two files")
     assert sorted(f["name"] for f in files) == ["departments.csv", "users-b.csv"]
     states = {f["name"]: f["state"] for f in beta.status()}
     assert states["users-a.csv"] == "posting"  # alpha's file waits for alpha, in alpha's processing/
