@@ -13,7 +13,7 @@ import logging
 import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from queue import Empty, Full, Queue
@@ -92,10 +92,7 @@ class _Chain:
 class PostOutcome:
     file_id: int
     state: FileState
-    parked: bool = False
-    invalid: int = 0
     sent: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 T = TypeVar("T")
@@ -313,7 +310,7 @@ class Importer:
                 return self._post_rows(file_id, mapping, progress, retry_parked_now)
         except InputFileError as exc:
             self.reject(file_id, str(exc))
-            return PostOutcome(file_id, FileState.REJECTED, notes=[str(exc)])
+            return PostOutcome(file_id, FileState.REJECTED)
 
     def reject(self, file_id: int, reason: str) -> None:
         record = self.ledger.get_file(file_id)
@@ -380,8 +377,7 @@ class Importer:
         self._refuse_keys_the_instance_would_drop(mapping)
         self.ledger.mark_posting(file_id)
         if not self._resolve_unfinished_batches(file_id, mapping, retry_parked_now):
-            outcome.parked = True
-            return outcome
+            return outcome  # parked: retried later
         staging = mapping.staging_table
         max_bytes = self.config.instance.max_request_bytes
         chain = self._chain_for(file_id, mapping)
@@ -398,15 +394,13 @@ class Importer:
                         )
                     ],
                 )
-                outcome.invalid += 1
                 continue
             if self.stop_event.is_set():
                 # A stop was asked: what is recorded so far is consistent; the rest is sent on resume.
-                outcome.notes.append("stopped before every batch was sent")
+                log.info("file=%s stopped before every batch was sent; the rest is sent on resume", file_id)
                 return outcome
             if not self._post_batch(file_id, mapping, item, chain):
-                outcome.parked = True
-                return outcome
+                return outcome  # parked: retried later
             outcome.sent += len(item.rows)
             progress.rows_sent(len(item.rows))
         if not self.ledger.batches(file_id, [BatchState.POSTED, BatchState.COMPLETE]):

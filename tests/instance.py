@@ -8,7 +8,9 @@ import re
 import socket
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,44 @@ import requests
 import yaml
 
 import importer.sandbox
+from importer.sandbox import SandboxServer
 from importer.sandbox.defaults import ADMIN_PASSWORD, ADMIN_USER
 
 DEFAULT_DATA = Path(importer.sandbox.__file__).parent / "data" / "default.yaml"
+
+
+@dataclass
+class Host:
+    """A folder laid out as importer expects it, beside a sandbox and a ledger."""
+
+    root: Path
+    server: SandboxServer
+    ledger_url: str
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "importer.toml"
+
+    @property
+    def mappings(self) -> Path:
+        return self.root / "mappings"
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "var"
+
+    def mapping(self, name: str, text: str) -> Path:
+        path = self.mappings / f"{name}.yaml"
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def table(self, table: str, query: str = "", fields: str = "") -> list[dict[str, Any]]:
+        """What a person would see through the Table API (as admin)."""
+        return table_rows(self.server.url, table, query, fields)
 
 
 def table_rows(url: str, table: str, query: str = "", fields: str = "") -> list[dict[str, Any]]:

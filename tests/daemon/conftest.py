@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import pytest
 
 from importer.sandbox import SandboxServer
 from importer.sandbox.defaults import IMPORT_PASSWORD, IMPORT_USER
-from tests.instance import table_rows
+from tests.instance import Host
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,25 +35,10 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30, what: str = "con
 
 
 @dataclass
-class DaemonHost:
-    root: Path
-    server: SandboxServer
-    ledger_url: str
+class DaemonHost(Host):
     daemon: dict[str, Any] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     runs: int = 0
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / "importer.toml"
-
-    @property
-    def inbox(self) -> Path:
-        return self.root / "inbox"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "var"
 
     @property
     def log_path(self) -> Path:
@@ -149,12 +133,6 @@ class DaemonHost:
             raise AssertionError(
                 f"files did not finish ({exc}): {self.status()}\nlog:\n{self.logs()}"
             ) from None
-
-    def table(self, table: str, query: str = "", fields: str = "") -> list[dict[str, Any]]:
-        return table_rows(self.server.url, table, query, fields)
-
-    def mapping(self, name: str, text: str) -> None:
-        (self.root / "mappings" / f"{name}.yaml").write_text(textwrap.dedent(text))
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from importer.cli import cli
 from importer.sandbox import SandboxServer
 from importer.sandbox.defaults import IMPORT_PASSWORD, IMPORT_USER
-from tests.instance import table_rows
+from tests.instance import Host
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,27 +33,8 @@ class Result:
 
 
 @dataclass
-class Workspace:
-    root: Path
-    server: SandboxServer
-    ledger_url: str
+class Workspace(Host):
     instance: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / "importer.toml"
-
-    @property
-    def mappings(self) -> Path:
-        return self.root / "mappings"
-
-    @property
-    def inbox(self) -> Path:
-        return self.root / "inbox"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "var"
 
     def write_config(self, **instance: Any) -> None:
         settings: dict[str, Any] = {
@@ -86,11 +67,6 @@ class Workspace:
         ]
         self.config_path.write_text("\n".join(lines).replace("'", '"') + "\n")
 
-    def mapping(self, name: str, text: str) -> Path:
-        path = self.mappings / f"{name}.yaml"
-        path.write_text(textwrap.dedent(text))
-        return path
-
     def file(self, name: str, content: str | bytes) -> Path:
         path = self.root / "drops" / name
         path.parent.mkdir(exist_ok=True)
@@ -103,10 +79,6 @@ class Workspace:
         runner = CliRunner()
         result = runner.invoke(cli, ["--config", str(self.config_path), *args], catch_exceptions=False)
         return Result(result.exit_code, result.stdout, result.stderr)
-
-    def table(self, table: str, query: str = "", fields: str = "") -> list[dict[str, Any]]:
-        """What a person would see through the Table API (as admin)."""
-        return table_rows(self.server.url, table, query, fields)
 
     def user(self, employee_number: str) -> dict[str, Any]:
         found = self.table("sys_user", f"employee_number={employee_number}")
