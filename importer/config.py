@@ -176,6 +176,8 @@ class DaemonConfig(_Section):
     retention_days: int = Field(default=90, ge=1)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     host_id: str | None = None  # this host's name in a shared ledger; default: the host name
+    # A file whose processing the process died in this many times in a row is set aside in failed/.
+    max_file_attempts: int = Field(default=2, ge=1)
 
 
 class Config(BaseModel):

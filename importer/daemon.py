@@ -93,6 +93,8 @@ class Daemon:
             self._mappings_seen = self._mappings_stamp()
             self._adopt_unrecorded_files()
             self._file_away_finished()
+            for file_id in rt.importer.quarantine_crashed_files(self.config.daemon.max_file_attempts):
+                log.error("file=%s set aside in failed/: the process died working on it", file_id)
             resumed = [
                 f.id for f in rt.ledger.files_in_states([FileState.QUEUED, FileState.POSTING], mine=True)
             ]
@@ -185,6 +187,13 @@ class Daemon:
     # -- taking and posting ------------------------------------------------------------------
 
     def _take(self, candidate: inbox.Candidate) -> None:
+        """Take one settled file. Nothing about one file may stop the loop that takes the others."""
+        try:
+            self._take_file(candidate)
+        except Exception:
+            log.exception("cannot take %s; it stays where it is", candidate.path)
+
+    def _take_file(self, candidate: inbox.Candidate) -> None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")[:21]
         folder = candidate.relative.parent.name if len(candidate.relative.parts) > 1 else ""
         hint = f"{stamp}@{inbox.safe_name(folder)}" if folder else stamp
@@ -213,7 +222,11 @@ class Daemon:
                 if match
                 else PurePosixPath(path.name)
             )
-            file_id = self.rt.importer.record_file(path, relative)
+            try:
+                file_id = self.rt.importer.record_file(path, relative)
+            except Exception:
+                log.exception("cannot record %s found in processing/; it stays there", path.name)
+                continue
             log.warning(
                 "file=%s %s was in processing/ but not in the ledger; recorded it", file_id, path.name
             )
@@ -226,13 +239,16 @@ class Daemon:
             path = Path(record.path)
             if record.rerun_of is not None or not path.is_file() or path.resolve().parent != processing:
                 continue
-            if record.state == FileState.REJECTED:
-                moved = inbox.fail_file(
-                    path, self.config.paths.failed, record.error or "rejected", name=record.name
-                )
-                self.rt.ledger.set_file_path(record.id, str(moved))
-            else:
-                self.rt.importer.complete_file(record.id)
+            try:
+                if record.state == FileState.REJECTED:
+                    moved = inbox.fail_file(
+                        path, self.config.paths.failed, record.error or "rejected", name=record.name
+                    )
+                    self.rt.ledger.set_file_path(record.id, str(moved))
+                else:
+                    self.rt.importer.complete_file(record.id)
+            except OSError as exc:
+                log.error("file=%s cannot be filed away (%s); it stays in processing/", record.id, exc)
 
     def _group_of(self, file_id: int) -> str:
         try:
@@ -275,6 +291,7 @@ class Daemon:
                 self._fatal = exc
                 log.error("file=%s stopped: %s", file_id, exc)
             except Exception:
+                # The file's own faults are refused inside process_file; this is the ledger or a bug.
                 log.exception(
                     "file=%s unexpected failure; the file stays in processing/ and is retried", file_id
                 )

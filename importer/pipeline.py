@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -18,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from queue import Empty, Full, Queue
 from typing import Any, TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from importer import inbox
 from importer.batching import Batch, OversizeRow, build_batches, encode_body, split_batch
@@ -34,6 +37,7 @@ from importer.ledger import (
     REPORT_COLUMNS,
     BatchRecord,
     BatchState,
+    FileRecord,
     FileState,
     IllegalTransition,
     Ledger,
@@ -96,6 +100,15 @@ class PostOutcome:
 
 
 T = TypeVar("T")
+
+# Recorded for a file that could not be read to hash it: no other file has it, so it is never
+# taken for a duplicate, and reading the file then refuses it with the reason.
+UNREADABLE_SHA256 = "unreadable"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def translated_rows(path: Path, mapping: Mapping, name: str | None = None) -> Iterator[TranslatedRow]:
@@ -247,13 +260,23 @@ class Importer:
         rerun_of: int | None = None,
         rerun_scope: str | None = None,
     ) -> int:
-        """Record a file already in processing/ as queued (the first step of its journey)."""
+        """Record a file already in processing/ as queued (the first step of its journey).
+
+        A file that cannot be hashed (unreadable, or gone already) is still recorded, under a
+        content hash no other file has, so that reading it refuses it with the reason.
+        """
+        try:
+            sha256 = inbox.file_sha256(path)
+            size = path.stat().st_size
+        except OSError as exc:
+            log.warning("cannot read %s to record it (%s); it will be refused", path, exc)
+            sha256, size = UNREADABLE_SHA256, 0
         return self.ledger.record_taken_file(
             name=relative.name,
             relative_path=str(relative),
             path=str(path),
-            sha256=inbox.file_sha256(path),
-            size=path.stat().st_size,
+            sha256=sha256,
+            size=size,
             rerun_of=rerun_of,
             rerun_scope=rerun_scope,
         )
@@ -292,10 +315,31 @@ class Importer:
     ) -> PostOutcome:
         """Post every row of a queued (or interrupted) file; it ends ``transforming``, or
         ``rejected``/``duplicate``, or stays ``posting`` with a parked batch to retry later."""
-        progress = progress or Progress()
         record = self.ledger.get_file(file_id)
         if record is None:
             raise ImporterError(f"file {file_id} is not in the ledger")
+        # Counted until it ends: if the process dies meanwhile, the next start knows (see
+        # quarantine_crashed_files) and does not resume a file that keeps taking it down.
+        self.ledger.begin_attempt(file_id)
+        try:
+            return self._process_file(record, progress or Progress(), retry_parked_now)
+        except (ImporterError, SQLAlchemyError, IllegalTransition):
+            raise  # refusals are handled inside; the instance's or the ledger's trouble is not the file's
+        except Exception as exc:
+            # A reader or a step crashed on this file's content: refuse the file, never loop on it.
+            log.exception("file=%s unexpected failure while processing it", file_id)
+            self.reject(
+                file_id,
+                f"{record.name}: the importer failed unexpectedly on this file ({_describe(exc)}); it "
+                "was set aside so the other files go on. Check the file (open it and save it again), "
+                "drop it again, and report the failure if it happens again.",
+            )
+            return PostOutcome(file_id, FileState.REJECTED)
+        finally:
+            self.ledger.end_attempt(file_id)
+
+    def _process_file(self, record: FileRecord, progress: Progress, retry_parked_now: bool) -> PostOutcome:
+        file_id = record.id
         if record.state == FileState.QUEUED and record.rerun_of is None:
             original = self.ledger.find_earlier_import(record.sha256, file_id)
             if original is not None:
@@ -312,7 +356,38 @@ class Importer:
             self.reject(file_id, str(exc))
             return PostOutcome(file_id, FileState.REJECTED)
 
+    def quarantine_crashed_files(self, max_attempts: int) -> list[int]:
+        """At a start: files whose processing was begun ``max_attempts`` times in a row by a
+        process that then died (crashed, ran out of memory, hung until the watchdog killed it) are
+        refused with that reason rather than resumed into the same end."""
+        quarantined = []
+        for record in self.ledger.files_in_states([FileState.QUEUED, FileState.POSTING], mine=True):
+            if record.attempts < max_attempts:
+                if record.attempts:
+                    log.warning(
+                        "file=%s name=%s the process stopped while working on it (attempt %s of %s); "
+                        "resuming it",
+                        record.id,
+                        record.name,
+                        record.attempts,
+                        max_attempts,
+                    )
+                continue
+            self.reject(
+                record.id,
+                f"{record.name}: the importer stopped unexpectedly (crashed, ran out of memory, or hung "
+                f"and was killed) {record.attempts} times in a row while working on this file, so it "
+                "was set aside (daemon.max_file_attempts). Check the file (its size, its content), "
+                "drop it again, and report it if it happens again.",
+            )
+            self.ledger.end_attempt(record.id)
+            quarantined.append(record.id)
+        return quarantined
+
     def reject(self, file_id: int, reason: str) -> None:
+        """The one place a file is refused as a whole: recorded ``rejected`` with the reason, moved
+        to failed/ with a ``<name>.error.txt``. A file that cannot even be moved stays where it is
+        (the ledger says why; it is not tried again)."""
         record = self.ledger.get_file(file_id)
         assert record is not None
         sent = sum(
@@ -327,8 +402,18 @@ class Importer:
             )
         log.warning("file=%s name=%s rejected: %s", file_id, record.name, reason)
         self.ledger.mark_rejected(file_id, reason)
-        if record.rerun_of is None and Path(record.path).exists():
-            moved = inbox.fail_file(Path(record.path), self.config.paths.failed, reason, name=record.name)
+        if record.rerun_of is None and os.path.lexists(record.path):
+            try:
+                moved = inbox.fail_file(Path(record.path), self.config.paths.failed, reason, name=record.name)
+            except OSError as exc:
+                log.error(
+                    "file=%s cannot be moved to %s (%s); it stays at %s",
+                    file_id,
+                    self.config.paths.failed,
+                    exc,
+                    record.path,
+                )
+                return
             self.ledger.set_file_path(file_id, str(moved))
 
     def _rows_to_send(self, file_id: int, mapping: Mapping) -> Iterator[TranslatedRow]:

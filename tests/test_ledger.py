@@ -152,3 +152,14 @@ def test_an_upgrade_from_the_first_schema_keeps_every_file(ledger_url: str) -> N
         assert record is not None and record.name == "old.csv" and record.state == FileState.DONE
         assert record.host is None
         assert [f.id for f in ledger.files_in_states([FileState.DONE], mine=True)] == [1]
+
+
+def test_attempts_count_until_one_ends(ledger_url: str) -> None:
+    with Ledger(ledger_url) as ledger:
+        file_id = _file(ledger)
+        assert ledger.get_file(file_id).attempts == 0
+        assert ledger.begin_attempt(file_id) == 1
+        assert ledger.begin_attempt(file_id) == 2  # the process died during the first
+        assert ledger.get_file(file_id).attempts == 2
+        ledger.end_attempt(file_id)
+        assert ledger.get_file(file_id).attempts == 0

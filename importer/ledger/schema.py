@@ -38,6 +38,8 @@ files = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),
     Column("host", String(255)),  # the host that took the file (migration 0002)
+    # Attempts at processing the file begun and not (yet) ended; reset when one ends (migration 0003).
+    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_files_host_state", "host", "state"),
 )
 

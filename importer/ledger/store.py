@@ -104,6 +104,7 @@ class FileRecord:
     created_at: datetime
     finished_at: datetime | None
     host: str | None = None
+    attempts: int = 0  # processing attempts begun and not ended (the process died during them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +176,7 @@ def _file_record(row: Any) -> FileRecord:
         created_at=_aware(row.created_at) or utcnow(),
         finished_at=_aware(row.finished_at),
         host=row.host,
+        attempts=row.attempts or 0,
     )
 
 
@@ -431,6 +433,17 @@ class Ledger:
                 conn, file_id, [FileState.POSTING, FileState.TRANSFORMING], new, finished_at=utcnow()
             )
             return new
+
+    def begin_attempt(self, file_id: int) -> int:
+        """A processing attempt starts; returns how many have begun without ending, this one included."""
+        with self._connect() as conn:
+            conn.execute(update(files).where(files.c.id == file_id).values(attempts=files.c.attempts + 1))
+            return int(conn.execute(select(files.c.attempts).where(files.c.id == file_id)).scalar() or 0)
+
+    def end_attempt(self, file_id: int) -> None:
+        """The attempt ended (whatever its outcome) with the process still alive."""
+        with self._connect() as conn:
+            conn.execute(update(files).where(files.c.id == file_id).values(attempts=0))
 
     def set_file_path(self, file_id: int, path: str) -> None:
         with self._connect() as conn:

@@ -43,6 +43,22 @@ class RowSource(ABC):
     ) -> None:
         self.close()
 
+    def cannot_open(self, exc: OSError) -> InputFileError:
+        """A file that cannot even be opened, with what to do about it."""
+        if isinstance(exc, PermissionError):
+            return self.refuse(
+                "cannot be read: permission denied. Make it readable for the importer's user or group "
+                "(e.g. chmod g+r) and drop it again."
+            )
+        if isinstance(exc, FileNotFoundError):
+            return self.refuse(
+                "disappeared before it could be read (moved or deleted by someone else meanwhile); "
+                "drop it again."
+            )
+        if isinstance(exc, IsADirectoryError):
+            return self.refuse("is a folder, not a file.")
+        return self.refuse(f"cannot be opened: {exc.strerror or exc}; check the file and drop it again.")
+
     def refuse(self, message: str, **context: object) -> InputFileError:
         """An ``InputFileError`` for this file; ``message`` follows the file name."""
         return InputFileError(f"{self.path.name}: {message}", file=str(self.path), **context)

@@ -34,7 +34,7 @@ class CsvSource(RowSource):
         try:
             self._file: IO[str] = open(path, encoding=self._encoding, newline="", errors="strict")  # noqa: SIM115
         except OSError as exc:
-            raise self.refuse(f"cannot be opened: {exc.strerror or exc}") from exc
+            raise self.cannot_open(exc) from exc
         try:
             self.delimiter = options.delimiter or default_delimiter or self._sniff_delimiter()
             try:
@@ -81,7 +81,7 @@ class CsvSource(RowSource):
             with open(self.path, "rb") as f:
                 start = f.read(4)
         except OSError as exc:
-            raise self.refuse(f"cannot be opened: {exc.strerror or exc}") from exc
+            raise self.cannot_open(exc) from exc
         # A UTF-8 BOM says the file is UTF-8 whatever the mapping declares (Excel reads it the
         # same way); utf-8-sig strips it so it never reaches the first header.
         if codec.name == "utf-8" or start.startswith(UTF8_BOM):

@@ -51,7 +51,7 @@ class ExcelSource(RowSource):
             # KeyError for a missing part, XML parse errors, ValueError...): all mean "corrupt".
             self._workbook = openpyxl.load_workbook(path, read_only=True, data_only=True, keep_links=False)
         except OSError as exc:
-            raise self.refuse(f"cannot be opened: {exc.strerror or exc}") from exc
+            raise self.cannot_open(exc) from exc
         except Exception as exc:
             raise self.refuse(
                 f"is not a readable .xlsx workbook ({_describe(exc)}); {CORRUPT_HINT}."

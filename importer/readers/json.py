@@ -47,7 +47,7 @@ class JsonSource(RowSource):
         try:
             self._file: IO[bytes] = open(path, "rb")  # noqa: SIM115
         except OSError as exc:
-            raise self.refuse(f"cannot be opened: {exc.strerror or exc}") from exc
+            raise self.cannot_open(exc) from exc
         _skip_bom(self._file)
         prefix = f"{self.records_path}.item" if self.records_path else "item"
         self._records = ijson_backend.items(self._file, prefix)
@@ -97,7 +97,7 @@ class JsonSource(RowSource):
                     if event == "map_key" and prefix in keys and len(keys[prefix]) < 20:
                         keys[prefix].append(value)
         except OSError as exc:
-            raise self.refuse(f"cannot be opened: {exc.strerror or exc}") from exc
+            raise self.cannot_open(exc) from exc
         except ijson.JSONError as exc:
             raise self._invalid(exc) from exc
         where = f'records path "{path}"' if path else "the top level"

@@ -198,7 +198,7 @@ def test_an_unknown_encoding_is_refused(write_text):
 
 
 def test_a_missing_file_is_refused(tmp_path):
-    with pytest.raises(InputFileError, match="cannot be opened"):
+    with pytest.raises(InputFileError, match="disappeared before it could be read"):
         open_source(tmp_path / "gone.csv")
 
 
