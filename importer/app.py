@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importer.config import Config
 from importer.ledger import Ledger
 from importer.mapping import Mapping, load_mappings
+from importer.notifications import Notifier
 from importer.pipeline import Importer
 from importer.servicenow import ClientSettings, InstanceClient
 
@@ -90,13 +91,16 @@ def runtime(
     config: Config,
     stop_event: threading.Event | None = None,
     on_retry: Callable[[str, int | None], None] | None = None,
+    on_notification: Callable[[str, str], None] | None = None,
 ) -> Iterator[Runtime]:
     mappings = open_mappings(config)
     ledger = open_ledger(config)
+    notifier = Notifier(config.notify, on_notification).start() if config.notify.enabled else None
     try:
         with instance_client(config, stop_event, on_retry) as client:
-            yield Runtime(
-                config, ledger, client, Importer(config, ledger, client, mappings, stop_event=stop_event)
-            )
+            importer = Importer(config, ledger, client, mappings, stop_event=stop_event, notifier=notifier)
+            yield Runtime(config, ledger, client, importer)
     finally:
+        if notifier is not None:
+            notifier.close()  # what is queued gets a last, bounded chance
         ledger.close()

@@ -123,11 +123,17 @@ class PathsConfig(_Section):
     mappings: Path = Path("mappings")
     state: Path = Path("var")
     ledger: str | None = None  # any SQLAlchemy URL; default sqlite:///<state>/ledger.db
+    outbox: str = "outbox"  # answers for the people who drop files; "" = none
 
     @field_validator("inbox", "mappings", "state")
     @classmethod
     def _expand_user(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @property
+    def outbox_dir(self) -> Path | None:
+        """Where reports and refusals are answered, or None when ``outbox = ""`` turns that off."""
+        return Path(self.outbox).expanduser() if self.outbox.strip() else None
 
     @field_validator("ledger")
     @classmethod
@@ -180,12 +186,77 @@ class DaemonConfig(_Section):
     max_file_attempts: int = Field(default=2, ge=1)
 
 
+SMTP_PASSWORD_CREDENTIAL = "smtp-password"
+_DEFAULT_SMTP_PORTS = {"starttls": 587, "tls": 465, "none": 25}
+
+
+def _split_addresses(value: object) -> object:
+    # From the environment a list is one text: "a@example.com, b@example.com".
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class NotifyMappingConfig(_Section):
+    """``[notify.mappings.<name>]``: who hears about one mapping's files instead of the defaults."""
+
+    to: list[str] | None = None
+    webhook_url: SecretStr | None = None
+    enabled: bool = True  # false: no message at all for this mapping's files
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _split_to(cls, value: object) -> object:
+        return _split_addresses(value)
+
+
+class NotifyConfig(_Section):
+    """Optional messages when a file finishes or is refused: e-mail over SMTP and/or a webhook.
+
+    Sent from a background thread, retried with backoff, never blocking or failing an import."""
+
+    to: list[str] = Field(default_factory=list)
+    from_address: str = "importer@localhost"
+    smtp_host: str | None = None
+    smtp_port: int | None = Field(default=None, ge=1, le=65535)  # default: 587, 465 (tls) or 25 (none)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_password_file: Path | None = None
+    webhook_url: SecretStr | None = None  # a Teams/Slack incoming webhook URL holds a token
+    attach_html: bool = True
+    timeout_s: float = Field(default=10.0, gt=0)
+    retry_attempts: int = Field(default=5, ge=1)
+    retry_backoff_s: float = Field(default=2.0, ge=0)
+    retry_backoff_max_s: float = Field(default=120.0, ge=0)
+    mappings: dict[str, NotifyMappingConfig] = Field(default_factory=dict)
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _split_to(cls, value: object) -> object:
+        return _split_addresses(value)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.smtp_host or self.webhook_url or any(m.webhook_url for m in self.mappings.values()))
+
+    @property
+    def port(self) -> int:
+        return self.smtp_port or _DEFAULT_SMTP_PORTS[self.smtp_security]
+
+    def smtp_password_value(self) -> str | None:
+        if self.smtp_password is not None:
+            return self.smtp_password.get_secret_value()
+        return _read_secret_file(self.smtp_password_file) if self.smtp_password_file else None
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     instance: InstanceConfig = Field(default_factory=InstanceConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
     source: Path | None = None  # the config file loaded, None when every default applies
 
 
@@ -193,8 +264,15 @@ _SECTIONS: dict[str, type[_Section]] = {
     "instance": InstanceConfig,
     "paths": PathsConfig,
     "daemon": DaemonConfig,
+    "notify": NotifyConfig,
 }
-_SECRET_KEYS = {("instance", "password"), ("instance", "client_secret")}
+_SECRET_KEYS = {
+    ("instance", "password"),
+    ("instance", "client_secret"),
+    ("notify", "smtp_password"),
+    ("notify", "webhook_url"),
+    ("notify", "mappings"),
+}
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -242,10 +320,14 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     instance, secret_problems = _resolve_secrets(instance, env, where)
     problems.extend(secret_problems)
     problems.extend(_cross_check_instance(instance, where))
+    notify = sections["notify"]
+    assert isinstance(notify, NotifyConfig)
+    notify, notify_problems = _resolve_notify(notify, env, where)
+    problems.extend(notify_problems)
 
     if problems:
         raise ConfigError(problems[0], problems=problems, path=str(config_path) if config_path else None)
-    return Config(instance=instance, paths=paths, daemon=daemon, source=config_path)
+    return Config(instance=instance, paths=paths, daemon=daemon, notify=notify, source=config_path)
 
 
 def _find_config_file(path: Path | None, env: Mapping[str, str]) -> Path | None:
@@ -472,3 +554,57 @@ def _cross_check_instance(instance: InstanceConfig, where: str) -> list[str]:
                 f"{secret_hint['client_secret']}"
             )
     return problems
+
+
+def _resolve_notify(
+    notify: NotifyConfig, env: Mapping[str, str], where: str
+) -> tuple[NotifyConfig, list[str]]:
+    """The SMTP password from the same sources as the instance's (value, *_file, systemd credential
+    ``smtp-password``), and the checks that need several keys at once."""
+    problems: list[str] = []
+    credentials_dir = env.get("CREDENTIALS_DIRECTORY")
+    if notify.smtp_password is None:
+        file_path, label = notify.smtp_password_file, f"{where}: notify.smtp_password_file"
+        if (
+            file_path is None
+            and credentials_dir
+            and (Path(credentials_dir) / SMTP_PASSWORD_CREDENTIAL).is_file()
+        ):
+            file_path = Path(credentials_dir) / SMTP_PASSWORD_CREDENTIAL
+            label = f"$CREDENTIALS_DIRECTORY/{SMTP_PASSWORD_CREDENTIAL}"
+        if file_path is not None:
+            try:
+                secret = _read_secret_file(file_path)
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(
+                    f"{label}: cannot read {str(file_path)!r}: {getattr(exc, 'strerror', None) or exc}"
+                )
+            else:
+                if secret:
+                    notify = notify.model_copy(update={"smtp_password": SecretStr(secret)})
+                else:
+                    problems.append(f"{label}: {str(file_path)!r} is empty")
+    addressed = bool(notify.to) or any(m.to for m in notify.mappings.values())
+    if addressed and not notify.smtp_host:
+        problems.append(f"{where}: notify.smtp_host: required when notify.to (or a mapping's to) is set")
+    if notify.smtp_host and not addressed:
+        problems.append(
+            f"{where}: notify.to: set at least one address to send e-mail to (or unset smtp_host)"
+        )
+    if notify.smtp_user and notify.smtp_password is None:
+        problems.append(
+            f"{where}: notify.smtp_password: required with smtp_user; set IMPORTER_NOTIFY__SMTP_PASSWORD, "
+            f"notify.smtp_password_file, or a systemd credential {SMTP_PASSWORD_CREDENTIAL}"
+        )
+    for address in [*notify.to, *(a for m in notify.mappings.values() for a in m.to or [])]:
+        if "@" not in address or any(ch.isspace() for ch in address):
+            problems.append(f"{where}: notify.to: {address!r} is not an e-mail address")
+    for url in [notify.webhook_url, *(m.webhook_url for m in notify.mappings.values())]:
+        if url is not None and not url.get_secret_value().startswith(("https://", "http://")):
+            problems.append(f"{where}: notify.webhook_url: must start with https:// or http://")
+    if notify.retry_backoff_max_s < notify.retry_backoff_s:
+        problems.append(
+            f"{where}: notify.retry_backoff_max_s: must be at least retry_backoff_s "
+            f"({notify.retry_backoff_s})"
+        )
+    return notify, problems

@@ -83,7 +83,7 @@ class Daemon:
         from importer.metrics import Metrics
 
         metrics = Metrics()
-        with runtime(self.config, self.stop_event, metrics.count_retry) as rt:
+        with runtime(self.config, self.stop_event, metrics.count_retry, metrics.count_notification) as rt:
             self.rt = rt
             if self.config.daemon.metrics_port is not None:
                 port = metrics.serve(
@@ -245,6 +245,7 @@ class Daemon:
                         path, self.config.paths.failed, record.error or "rejected", name=record.name
                     )
                     self.rt.ledger.set_file_path(record.id, str(moved))
+                    self.rt.importer.answers.file_refused(record.id)
                 else:
                     self.rt.importer.complete_file(record.id)
             except OSError as exc:
@@ -417,4 +418,9 @@ def prune(rt: Runtime, retention: timedelta) -> int:
                 Path(path).unlink()
         rt.ledger.forget_file(record.id)
         removed += 1
+    outbox = rt.config.paths.outbox_dir
+    if outbox is not None:
+        from importer.outbox import Outbox
+
+        Outbox(outbox).prune(cutoff)  # the answers people read go with the reports
     return removed

@@ -54,10 +54,19 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.notifications = Counter(
+            "importer_notifications",
+            "Notifications (e-mail, webhook) sent or given up after retries",
+            ["channel", "outcome"],
+            registry=self.registry,
+        )
         self._server: Any = None
 
     def count_retry(self, reason: str, status: int | None) -> None:
         self.retries.labels(reason=reason).inc()
+
+    def count_notification(self, channel: str, outcome: str) -> None:
+        self.notifications.labels(channel=channel, outcome=outcome).inc()
 
     def serve(self, port: int, ledger: Ledger, last_poll: Callable[[], datetime | None]) -> int:
         """Serve on 127.0.0.1:port (0: any free port); returns the port."""

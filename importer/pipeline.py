@@ -52,6 +52,8 @@ from importer.mapping import (
     find_mapping,
     translate_row,
 )
+from importer.notifications import Notifier
+from importer.outbox import Answers
 from importer.readers import open_source
 from importer.servicenow import InstanceClient
 
@@ -239,12 +241,14 @@ class Importer:
         mappings: dict[str, Mapping],
         *,
         stop_event: threading.Event | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
         self.client = client
         self.mappings = mappings
         self.stop_event = stop_event or threading.Event()
+        self.answers = Answers(config, ledger, notifier)  # the outbox and notifications
         self._transform_maps: dict[str, int] = {}
         self._unknown_keys: dict[str, list[str] | None] = {}
         paths = config.paths
@@ -415,6 +419,7 @@ class Importer:
                 )
                 return
             self.ledger.set_file_path(file_id, str(moved))
+        self.answers.file_refused(file_id)
 
     def _rows_to_send(self, file_id: int, mapping: Mapping) -> Iterator[TranslatedRow]:
         """Translated rows of the file not yet in the ledger; invalid ones are recorded as met."""
@@ -828,6 +833,7 @@ class Importer:
                 path, self.config.paths.archive, datetime.now(UTC), name=record.name
             )
             self.ledger.set_file_path(file_id, str(archived))
+        self.answers.file_finished(file_id, self.mappings)
         log.info("file=%s name=%s finished rows=%s", file_id, record.name, self.ledger.row_counts(file_id))
 
     def results_complete(self, file_id: int) -> bool:

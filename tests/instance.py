@@ -48,6 +48,10 @@ class Host:
     def state(self) -> Path:
         return self.root / "var"
 
+    @property
+    def outbox(self) -> Path:
+        return self.root / "outbox"
+
     def mapping(self, name: str, text: str) -> Path:
         path = self.mappings / f"{name}.yaml"
         path.write_text(textwrap.dedent(text))

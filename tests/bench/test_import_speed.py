@@ -111,6 +111,7 @@ def importer_post(root: Path, url: str, path: Path, *, trace: bool = False) -> t
     config_path.write_text(
         f'[instance]\nurl = "{url}"\nusername = "{IMPORT_USER}"\npassword = "{IMPORT_PASSWORD}"\n'
         f'[paths]\ninbox = "{root}/inbox"\nmappings = "{root}/mappings"\nstate = "{root}/var"\n'
+        f'outbox = "{root}/outbox"\n'
     )
     config = load_config(config_path)
     with runtime(config) as rt:

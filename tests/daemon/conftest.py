@@ -60,6 +60,7 @@ class DaemonHost(Host):
             f'mappings = "{self.root / "mappings"}"',
             f'state = "{self.state}"',
             f'ledger = "{self.ledger_url}"',
+            f'outbox = "{self.outbox}"',
             "[daemon]",
         ]
         lines += [f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()]

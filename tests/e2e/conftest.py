@@ -60,6 +60,7 @@ class Workspace(Host):
             f"mappings = {str(self.mappings)!r}",
             f"state = {str(self.state)!r}",
             f"ledger = {self.ledger_url!r}",
+            f"outbox = {str(self.outbox)!r}",
             "[daemon]",
             "poll_s = 0.2",
             "settle_s = 0.3",
