@@ -17,6 +17,7 @@ from importer import __version__
 from importer.config import Config, load_config
 from importer.errors import ImporterError, UsageError
 from importer.ledger import BatchState, FileState, FileSummary, Ledger, RowState
+from importer.ledger.states import FINAL_FILE_STATES
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -100,7 +101,12 @@ def cli(ctx: click.Context, config_path: Path | None, debug: bool) -> None:
     ctx.obj = State(config_path, debug)
 
 
-def _print_summaries(summaries: list[FileSummary], as_json: bool, ledger: Ledger | None = None) -> None:
+def _print_summaries(
+    summaries: list[FileSummary],
+    as_json: bool,
+    ledger: Ledger | None = None,
+    answer: Callable[[FileSummary], str] | None = None,
+) -> None:
     if as_json:
         click.echo(json.dumps([s.as_json() for s in summaries], indent=2))
         return
@@ -114,7 +120,9 @@ def _print_summaries(summaries: list[FileSummary], as_json: bool, ledger: Ledger
             f"#{s.file.id:<5} {s.file.name:<32} {s.file.mapping or '-':<16} {s.file.state:<17} "
             f"{counts}{flight}"
         )
-        if s.file.error:
+        if answer is not None and s.file.state in FINAL_FILE_STATES:
+            click.echo(f"       answer: {answer(s)}")
+        elif s.file.error:
             click.echo(f"       {s.file.error}")
         if ledger is not None and (s.rows.get(RowState.ERROR) or s.rows.get(RowState.INVALID)):
             shown = 0
@@ -279,10 +287,11 @@ def rerun(state: State, file_id: int, failed_only: bool, no_wait: bool, as_json:
 def status(state: State, as_json: bool, limit: int) -> int:
     """Recent files: id, name, mapping, state, rows per state; batches in flight."""
     from importer.app import open_ledger
+    from importer.outbox import answer_line
 
     with open_ledger(state.config) as ledger:
         summaries = ledger.summaries(limit=limit)
-        _print_summaries(summaries, as_json)
+        _print_summaries(summaries, as_json, answer=lambda s: answer_line(state.config, s.file, s.rows))
     return EXIT_OK
 
 

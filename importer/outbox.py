@@ -260,3 +260,12 @@ def answer_location(config: Config, record: FileRecord) -> Path | None:
             if candidate.is_file():
                 return candidate
     return Path(record.report_path) if record.report_path else None
+
+
+def answer_line(config: Config, file: FileRecord, rows: Mapping[str, int]) -> str:
+    """A file's answer in one line, for ``importer status``: what is done, what needs a person,
+    where the report is."""
+    summary = summary_of(file, rows)
+    line = summary.one_line().removeprefix(f"{file.name}: ")
+    where = answer_location(config, file)
+    return f"{line}; report: {where}" if where is not None else line

@@ -62,6 +62,8 @@ def test_the_quick_start_has_two_commands_and_the_demo_shows_every_row_state(tmp
         assert f",{state}," in out, state
     assert "row 7: error: Reference value 'Marketing' not found" in out
     assert (tmp_path / "var" / "ledger.db").exists()
+    assert "2-hr_users.csv.report.html" in out  # it ends pointing at the page people read
+    assert (tmp_path / "outbox" / "2-hr_users.csv.report.html").is_file()
 
 
 def test_config_errors_are_reported_all_at_once_with_exit_2(tmp_path: Path) -> None:
