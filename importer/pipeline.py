@@ -417,8 +417,8 @@ class Importer:
                     exc,
                     record.path,
                 )
-                return
-            self.ledger.set_file_path(file_id, str(moved))
+            else:
+                self.ledger.set_file_path(file_id, str(moved))
         self.answers.file_refused(file_id)
 
     def _rows_to_send(self, file_id: int, mapping: Mapping) -> Iterator[TranslatedRow]:

@@ -72,7 +72,7 @@ class GuardedHost(DaemonHost):
         return self.process
 
     def untouched(self) -> dict[str, str]:
-        skip = {self.inbox, self.state, *self.root.glob("daemon-*.log")}
+        skip = {self.inbox, self.state, self.outbox, *self.root.glob("daemon-*.log")}
         return tree_digest(self.root, skip)
 
     def alive(self) -> bool:
