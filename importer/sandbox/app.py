@@ -15,7 +15,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from .appservice import AppService, AppServiceError
+from .appservice import AppService, AppServiceError, app_service_error
 from .auth import Auth, OAuthError
 from .counters import Counters
 from .data import UserSpec
@@ -421,13 +421,22 @@ class SandboxApp:
     def app_service_call(
         self, action: str, request: Request, user: UserSpec, args: Mapping[str, Any]
     ) -> Response:
-        self._require(user, APP_SERVICE_ROLES, "the Application Service API")
-        body = self._read_json(request) if request.method in ("POST", "PUT") else None
+        # servicenow-notes.md §11: this API answers 401 (not 403) to a user without
+        # app_service_admin, and its error objects carry "details" (plural).
         try:
+            if not user.roles & APP_SERVICE_ROLES:
+                raise AppServiceError(
+                    401,
+                    "User Not Authorized",
+                    "The Application Service API requires the app_service_admin role",
+                )
+            body = self._read_json(request) if request.method in ("POST", "PUT") else None
             with self.store.lock:
                 status, answer = self.app_service.call(action, request.args, body, args.get("sys_id"))
+        except ApiError as exc:
+            return app_service_error(exc.status, exc.message, exc.detail or "")
         except AppServiceError as exc:
-            raise ApiError(exc.status, exc.message, exc.detail) from exc
+            return app_service_error(exc.status, exc.message, exc.detail)
         return json_response(answer, status)
 
     # ------------------------------------------------------------------ OAuth

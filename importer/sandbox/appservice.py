@@ -1,14 +1,21 @@
 """Application Service API (servicenow-application-service-api.txt) over the CMDB tables of the data file.
 
 Mapped services live in cmdb_ci_service_discovered (getContent, create); CSDM application services in
-cmdb_ci_service_auto (find_service, register_service, populate_service, service_details). Relations are
-cmdb_rel_ci records (parent, child, type). Callers hold the store lock.
+cmdb_ci_service_auto (find_service, register_service, populate_service, service_details). On an
+instance the mapped class extends the application service class, so a service registered through
+register_service is also the service ``create`` (by name) and getContent (by sys_id) work on: the
+sandbox looks a service up in both tables. Relations are cmdb_rel_ci records (parent, child, type);
+CMDB group members are cmdb_group_contains_ci records (group, configuration_item). CIs carry their
+class in ``sys_class_name`` (one cmdb_ci table, as on an instance). Callers hold the store lock.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
+
+from werkzeug.wrappers import Response
 
 from .store import Record, Store, Table, new_sys_id, now_text
 
@@ -16,7 +23,14 @@ DISCOVERED = "cmdb_ci_service_discovered"
 AUTO = "cmdb_ci_service_auto"
 RELATIONS = "cmdb_rel_ci"
 REL_TYPE = "Depends on::Used by"
+GROUP_MEMBERS = "cmdb_group_contains_ci"
 RELATIONSHIP_KINDS = ("business_app", "business_service_offering", "technical_service_offering")
+
+
+def app_service_error(status: int, message: str, details: str) -> Response:
+    """The Application Service API's error envelope: ``details``, not the Table API's ``detail``."""
+    body = {"error": {"message": message, "details": details}, "status": "failure"}
+    return Response(json.dumps(body, ensure_ascii=False), status=status, mimetype="application/json")
 
 
 class AppServiceError(Exception):
@@ -74,7 +88,7 @@ class AppService:
 
     def _ci(self, sys_id: str) -> tuple[Table, Record]:
         found = self.store.find(sys_id)
-        if found is None or not found[0].name.startswith("cmdb") or found[0].name == RELATIONS:
+        if found is None or not found[0].name.startswith("cmdb_ci"):
             raise AppServiceError(400, "Invalid CI", f"No configuration item with sys_id '{sys_id}'")
         return found
 
@@ -91,8 +105,7 @@ class AppService:
     # ------------------------------------------------------------------ mapped services
 
     def get_content(self, sys_id: str, mode: str) -> dict[str, Any]:
-        services = self._table(DISCOVERED)
-        service = services.records.get(sys_id)
+        service = self._table(DISCOVERED).records.get(sys_id) or self._table(AUTO).records.get(sys_id)
         if service is None:
             raise AppServiceError(
                 400, "Invalid service", f"No mapped application service with sys_id '{sys_id}'"
@@ -115,7 +128,7 @@ class AppService:
                 continue
             table, record = found
             values = dict(record) if full else {"sys_id": ci_id, "name": table.display_value(record)}
-            items.append({"className": table.name, "values": values})
+            items.append({"className": record.get("sys_class_name") or table.name, "values": values})
         relations = (
             [{"parent": p["parent"] or sys_id, "child": p["child"], "type": REL_TYPE} for p in pairs]
             if full
@@ -144,8 +157,12 @@ class AppService:
             if rel.get("parent"):
                 self._ci(str(rel["parent"]))
         services = self._table(DISCOVERED)
-        extra = {k: str(v) for k, v in body.items() if k in services.fields and k not in ("sys_id", "name")}
         sys_id = services.lookup(("name",), (name,))
+        if sys_id is None and self._table(AUTO).lookup(("name",), (name,)) is not None:
+            # A registered application service: the mapped class extends it, same record.
+            services = self._table(AUTO)
+            sys_id = services.lookup(("name",), (name,))
+        extra = {k: str(v) for k, v in body.items() if k in services.fields and k not in ("sys_id", "name")}
         if sys_id is None:
             sys_id = self._insert(services, {"name": name, **extra})
         else:
@@ -161,7 +178,7 @@ class AppService:
             cis.add(child)
         return {
             "result": {
-                "url": f"/api/now/table/{DISCOVERED}/{sys_id}",
+                "url": f"/api/now/table/{services.name}/{sys_id}",
                 "getContentUrl": f"/api/now/cmdb/app_service/{sys_id}/getContent",
                 "info": f"{len(cis)} CIs added to service",
             }
@@ -269,12 +286,16 @@ class AppService:
         kind = method.get("type")
         if kind == "cmdb_group_based":
             groups = self.store.tables.get("cmdb_group")
-            group = groups.records.get(str(method.get("group_id", ""))) if groups else None
+            group_id = str(method.get("group_id", ""))
+            group = groups.records.get(group_id) if groups else None
             if group is None:
                 raise AppServiceError(400, "Invalid group_id", f"No CMDB group '{method.get('group_id')}'")
-            for ci_id in [c for c in group.get("cis", "").split(",") if c]:
-                self._ci(ci_id)
-                self._relate(sys_id, ci_id)
+            members = self.store.tables.get(GROUP_MEMBERS)
+            for member in list(members.records.values()) if members else []:
+                if member.get("group") == group_id:
+                    ci_id = member.get("configuration_item", "")
+                    self._ci(ci_id)
+                    self._relate(sys_id, ci_id)
             return {"result": {}}
         if kind in ("discovery", "tag_list"):
             # The sandbox has no Service Mapping plugin: these types fail as on an instance without it.

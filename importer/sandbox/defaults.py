@@ -14,3 +14,5 @@ ITIL_USER = "itil.user"
 ITIL_PASSWORD = "sandbox-itil-pw"
 OAUTH_CLIENT_ID = "importer"
 OAUTH_CLIENT_SECRET = "sandbox-client-secret"
+NO_APP_SERVICE_USER = "svc.nocmdb"  # import roles, but not app_service_admin
+NO_APP_SERVICE_PASSWORD = "sandbox-nocmdb-pw"

@@ -11,6 +11,7 @@ ORA01 = "3a307c930a0a0bb400353965d0b8861f"
 BUSINESS_APP = "658c7620db54101037740f95ca9619f2"
 OFFERING = "069c7e20db54101037740f95ca9619bf"
 GROUP = "e809cf60db94101037640f95ca961932"
+PAY_WEB = "7c1f3a40db54101037740f95ca961b01"
 
 
 def test_get_content_shallow_and_full(sandbox, api):
@@ -111,8 +112,35 @@ def test_find_register_populate_and_update_services(sandbox, api):
     assert s.put(f"{base}/{'0' * 32}/service_details", json={}).status_code == 404
 
 
-def test_app_service_needs_its_role(sandbox, api):
-    for user, status in ((d.IMPORT_USER, 403), (d.ITIL_USER, 403), (d.ADMIN_USER, 200)):
+def test_app_service_needs_its_role_and_answers_401_with_details(sandbox, api):
+    # servicenow-notes.md §11: 401, not 403, and the error object says "details".
+    for user, status in ((d.NO_APP_SERVICE_USER, 401), (d.ITIL_USER, 401), (d.IMPORT_USER, 200)):
         r = api(sandbox, user).get(f"{sandbox.url}/api/now/cmdb/app_service/{PEOPLESOFT}/getContent")
         assert r.status_code == status
+        if status == 401:
+            error = r.json()["error"]
+            assert r.json()["status"] == "failure"
+            assert "app_service_admin" in error["details"]
+            assert "detail" not in error
     assert sandbox.counters()["requests"]["app_service"] == 3
+
+
+def test_a_registered_service_takes_relations_through_create_and_shows_them_in_get_content(sandbox, api):
+    s = api(sandbox, d.IMPORT_USER)
+    base = f"{sandbox.url}/api/now/cmdb/csdm/app_service"
+    r = s.post(f"{base}/register_service", json={"basic_details": {"name": "Payroll"}})
+    service_id = r.json()["result"]["service_sys_id"]
+    r = s.post(
+        f"{sandbox.url}/api/now/cmdb/app_service/create",
+        json={"name": "Payroll", "service_relations": [{"parent": "", "child": PAY_WEB}]},
+    )
+    assert r.status_code == 200
+    assert r.json()["result"]["url"].endswith(f"/cmdb_ci_service_auto/{service_id}")
+    content = s.get(f"{sandbox.url}/api/now/cmdb/app_service/{service_id}/getContent").json()
+    assert content["service"]["service_relations"] == [{"parent": "", "child": PAY_WEB}]
+    assert content["cmdb"]["items"] == [
+        {"className": "cmdb_ci_web_server", "values": {"sys_id": PAY_WEB, "name": "pay-web-01"}}
+    ]
+    bad = s.post(f"{base}/register_service", json={"basic_details": {"name": "x", "version": "v" * 41}})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["details"] == "version is longer than 40 characters"
