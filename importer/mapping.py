@@ -34,9 +34,10 @@ _STRPTIME_DIRECTIVES = set("aAwdbBmyYHIpMSfzZjUWcxXGuV%")
 _TIME_DIRECTIVES = set("HMSIpcX")
 
 _TOP_KEYS = (
-    "staging_table", "match", "key_by", "after", "batch_rows", "on_invalid_row",
-    "unmapped", "csv", "excel", "json", "columns", "constants",
+    "kind", "staging_table", "match", "key_by", "after", "batch_rows", "on_invalid_row",
+    "unmapped", "csv", "excel", "json", "columns", "constants", "verify",
 )  # fmt: skip
+KINDS = ("import_set", "app_service")
 _COLUMN_KEYS = ("to", "required", "strip", "lower", "pattern", "date", "default")
 _CSV_KEYS = ("delimiter", "encoding", "quotechar")
 _EXCEL_KEYS = ("sheet", "header_row")
@@ -88,6 +89,10 @@ class Mapping:
     json: JsonOptions = field(default_factory=JsonOptions)
     columns: tuple[ColumnSpec, ...] = ()
     constants: dict[str, str] = field(default_factory=dict, hash=False)
+    # import_set: rows go to staging_table; app_service: to the Application Service API
+    # (importer/appservice_mapping.py; staging_table is then cmdb_ci_service_auto).
+    kind: Literal["import_set", "app_service"] = "import_set"
+    verify: bool = False  # `importer verify` after each file (daemon)
     _plan: tuple[_ColumnPlan, ...] = field(init=False, repr=False, compare=False, hash=False)
     _sources: frozenset[str] = field(init=False, repr=False, compare=False, hash=False)
     _globs: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False, hash=False)
@@ -346,7 +351,14 @@ def parse_mapping(name: str, data: object, source: str) -> Mapping:
         raise ConfigError(
             f"{source}: must be a mapping of keys (staging_table: ..., columns: ...), got {_type_name(data)}"
         )
+    kind = data.get("kind", "import_set")
+    if kind == "app_service":
+        from importer.appservice_mapping import parse_app_service_mapping
+
+        return parse_app_service_mapping(name, data, source)
     _check_keys(problems, "", data, _TOP_KEYS)
+    if kind != "import_set":
+        problems.add("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
 
     staging_table = ""
     if "staging_table" not in data:
@@ -376,6 +388,11 @@ def parse_mapping(name: str, data: object, source: str) -> Mapping:
         )
     if "unmapped" in data:
         options["unmapped"] = _choice(problems, "unmapped", data["unmapped"], ("ignore", "error"))
+    if "verify" in data:
+        if isinstance(data["verify"], bool):
+            options["verify"] = data["verify"]
+        else:
+            problems.add("verify", f"must be true or false, got {_type_name(data['verify'])}")
     if "batch_rows" in data:
         rows = data["batch_rows"]
         if isinstance(rows, int) and not isinstance(rows, bool) and 1 <= rows <= MAX_BATCH_ROWS:

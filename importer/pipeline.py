@@ -355,6 +355,8 @@ class Importer:
             self.ledger.assign_mapping(file_id, mapping.name, mapping.staging_table)
             group = chain_groups(self.mappings).get(mapping.name, mapping.name)
             with self.ledger.posting_lock(group):
+                if mapping.kind == "app_service":
+                    return self._send_services(file_id, mapping, progress)
                 return self._post_rows(file_id, mapping, progress, retry_parked_now)
         except InputFileError as exc:
             self.reject(file_id, str(exc))
@@ -503,6 +505,24 @@ class Importer:
         log.info("file=%s staging=%s posted rows=%s", file_id, staging, outcome.sent)
         outcome.state = FileState.TRANSFORMING
         return outcome
+
+    def _send_services(self, file_id: int, mapping: Mapping, progress: Progress) -> PostOutcome:
+        """A ``kind: app_service`` file: every service through the Application Service API
+        (importer/appservice.py). The API answers at once: the file ends done, or stays posting
+        when stopped (resumed later, nothing registered twice)."""
+        from importer.appservice import ServiceImporter
+
+        self.ledger.mark_posting(file_id)
+        services = ServiceImporter(self.ledger, self.client, self.stop_event)
+        if not services.import_rows(file_id, self._rows_to_send(file_id, mapping)):
+            return PostOutcome(file_id, FileState.POSTING)
+        self.ledger.mark_transforming(file_id)
+        state = self.ledger.finish_file(file_id)
+        self.complete_file(file_id)
+        counts = self.ledger.row_counts(file_id)
+        progress.rows_sent(sum(counts.values()))
+        progress.rows_finished(sum(counts.values()))
+        return PostOutcome(file_id, state)
 
     def _refuse_keys_the_instance_would_drop(self, mapping: Mapping) -> None:
         """Checked once per mapping (and again after it is edited): a label the staging table does

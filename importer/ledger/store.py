@@ -731,15 +731,21 @@ class Ledger:
                 ).scalars()
             )
 
-    def record_row_results(self, batch_id: int, outcomes: Sequence[RowResult]) -> int:
+    def record_row_results(
+        self, batch_id: int, outcomes: Sequence[RowResult], *, sent_directly: bool = False
+    ) -> int:
         """Record every row's outcome per transform map; the batch becomes complete.
+
+        ``sent_directly``: the batch went to an API that answers at once (the Application
+        Service API), so it is completed straight from ``posting``; no import set to wait for.
 
         Returns how many rows of the batch the instance did not report (they are recorded as
         ``error`` with a message saying so — a row is never left without a result).
         """
+        allowed = [BatchState.POSTING] if sent_directly else [BatchState.POSTED]
         with self._connect() as conn:
             batch = conn.execute(select(batches).where(batches.c.id == batch_id).with_for_update()).first()
-            if batch is None or batch.state != BatchState.POSTED:
+            if batch is None or batch.state not in allowed:
                 raise IllegalTransition(f"batch {batch_id} is not waiting for results")
             members = {
                 index: (row_id, source_row)
@@ -805,9 +811,7 @@ class Ledger:
                 )
             if result_rows:
                 conn.execute(insert(results), result_rows)
-            self._batch_transition(
-                conn, batch_id, [BatchState.POSTED], BatchState.COMPLETE, completed_at=utcnow()
-            )
+            self._batch_transition(conn, batch_id, allowed, BatchState.COMPLETE, completed_at=utcnow())
             return missing
 
     def failed_source_rows(self, file_id: int) -> set[int]:

@@ -80,7 +80,9 @@ def error_body(response: requests.Response) -> ErrorBody:
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, dict):
-            return ErrorBody(str(error.get("message") or "").strip(), str(error.get("detail") or "").strip())
+            # The Application Service API says "details" (servicenow-notes.md §11).
+            detail = error.get("detail") or error.get("details") or ""
+            return ErrorBody(str(error.get("message") or "").strip(), str(detail).strip())
         if isinstance(error, str):
             description = str(data.get("error_description") or "").strip()
             return ErrorBody(description or error, error if description else "")
