@@ -135,6 +135,11 @@ class ServiceImporter:
             if batch.posting_started_at is not None:
                 since[batch.first_source_row] = batch.posting_started_at
             self.ledger.abandon_batch(batch.id, "interrupted; the service is looked up and sent again")
+            log.info(
+                "file=%s service of row %s was interrupted; it is looked up before anything is sent again",
+                file_id,
+                batch.first_source_row,
+            )
         rows = list(rows)
         plan = plan_services(rows)
         self.ledger.record_invalid_rows(file_id, plan.invalid)
