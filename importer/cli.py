@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -120,6 +121,9 @@ def _print_summaries(
             f"#{s.file.id:<5} {s.file.name:<32} {s.file.mapping or '-':<16} {s.file.state:<17} "
             f"{counts}{flight}"
         )
+        if s.waiting_on and s.waiting_since:
+            waited = max(0, int((datetime.now(UTC) - s.waiting_since).total_seconds()))
+            click.echo(f"       waiting {_duration(waited)} for the transform of import set {s.waiting_on}")
         if answer is not None and s.file.state in FINAL_FILE_STATES:
             click.echo(f"       answer: {answer(s)}")
         elif s.file.error:
@@ -133,6 +137,14 @@ def _print_summaries(
                     if shown == 10:
                         click.echo(f"       ... see `importer report {s.file.id}` for every row")
                         break
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 def _progress(enabled: bool) -> Any:

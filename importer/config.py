@@ -67,6 +67,9 @@ class InstanceConfig(_Section):
     retry_attempts: int = Field(default=6, ge=1)
     retry_backoff_s: float = Field(default=0.5, ge=0)
     retry_backoff_max_s: float = Field(default=30.0, ge=0)
+    # An import set not processed this long after it was accepted: its rows end as error (a
+    # later poll that finds it processed replaces them with the real results).
+    transform_timeout_s: float = Field(default=3600.0, gt=0)
 
     @field_validator("url")
     @classmethod

@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -144,6 +145,9 @@ class Daemon:
         )
         if not self.stop_event.is_set() and self._fatal is None:
             self._retry_parked(force=True)  # one more try for what the instance refused for a while
+            # One round for every set still looked at, timed-out ones too: a set processed after
+            # its timeout gets its real results.
+            self.rt.importer.poll_results()
         # Only files whose every batch was accepted can still finish; the others wait for a next run.
         transforming = [
             f.id for f in self.rt.ledger.files_in_states([FileState.TRANSFORMING]) if f.id in file_ids
@@ -329,6 +333,14 @@ class Daemon:
         return scheduler
 
     def _poll_job(self) -> None:
+        # Polite polling: while no import set changes state, rounds are spaced further apart
+        # (a newly posted batch brings the pace back at once).
+        now = time.monotonic()
+        last: float | None = getattr(self, "_last_poll_at", None)
+        delay = self.rt.importer.next_poll_delay(self.config.daemon.poll_s)
+        if last is not None and now - last < delay - 0.05:
+            return
+        self._last_poll_at = now
         try:
             finished = self.rt.importer.poll_results()
             self.last_successful_poll = datetime.now(UTC)

@@ -72,6 +72,14 @@ STAGING_RESULT_FIELDS = (
     "sys_target_table",
     "sys_transform_map",
 )
+# Import set states that may still become "processed"; any other (cancelled, error, ...) will not.
+_WAITING_SET_STATES = frozenset({"loading", "loaded", "processing"})
+STOPPED_RUN_STATES = ("Cancelled", "Did not complete")
+# Timed-out batches are looked at again for as long as the instance keeps import sets (the
+# Import Set Deleter removes them after 7 days by default).
+IMPORT_SET_LIFETIME = timedelta(days=7)
+POLL_BACKOFF_MAX_S = 300.0
+_TARGET_STATES = frozenset({"inserted", "updated"})
 _KNOWN_RESULT_STATES = {
     s.value: s
     for s in (RowState.INSERTED, RowState.UPDATED, RowState.IGNORED, RowState.SKIPPED, RowState.ERROR)
@@ -232,6 +240,15 @@ def _display(record: dict[str, Any], name: str) -> str:
     return ""
 
 
+def _unreadable_result(index: int, staging_sys_id: str, table: str, exc: Exception) -> RowResult:
+    return RowResult(
+        batch_index=index,
+        state=RowState.ERROR,
+        message=f"the result of staging row {staging_sys_id} cannot be read: {exc}",
+        staging_sys_id=staging_sys_id,
+    )
+
+
 class Importer:
     def __init__(
         self,
@@ -250,6 +267,8 @@ class Importer:
         self.stop_event = stop_event or threading.Event()
         self.answers = Answers(config, ledger, notifier)  # the outbox and notifications
         self._transform_maps: dict[str, int] = {}
+        self._last_poll_signature: tuple[tuple[str, str], ...] = ()
+        self.idle_poll_rounds = 0  # poll rounds in a row in which no import set changed state
         self._unknown_keys: dict[str, list[str] | None] = {}
         paths = config.paths
         inbox.ensure_private_dirs(paths.processing, paths.archive, paths.failed, paths.reports)
@@ -564,6 +583,7 @@ class Importer:
         self, file_id: int, chain: _Chain, batch_id: int, import_set_id: str, multi_id: str
     ) -> None:
         self.ledger.mark_batch_posted(batch_id, import_set_id, multi_id)
+        self.idle_poll_rounds = 0  # a new set to watch: poll at the configured pace again
         if chain.multi_import_set_id is None and multi_id:
             self.ledger.set_multi_import_set(file_id, multi_id)
             chain.multi_import_set_id = multi_id
@@ -721,37 +741,95 @@ class Importer:
         self, file_ids: Iterable[int] | None = None, progress: Progress | None = None
     ) -> list[int]:
         """One round: ask the instance which posted import sets are processed (one Table API query
-        per 100 sets), record their rows' results, finish files whose every row has one."""
+        per 100 sets), record their rows' results, finish files whose every row has one.
+
+        Transforms that never finish end too (product.md "Transforms that never finish"): a set
+        in a state that will not become ``processed`` (``cancelled``, ``error``) or whose
+        transform history ended ``Cancelled``/``Did not complete`` ends its rows as error at once;
+        one not processed within ``[instance] transform_timeout_s`` ends them as error too, and a
+        later round that finds it processed replaces those results with the real ones.
+        """
         progress = progress or Progress()
         wanted = set(file_ids) if file_ids is not None else None
+        now = datetime.now(UTC)
         waiting = [
             b
-            for b in self.ledger.batches_in_state(BatchState.POSTED, mine=True)
-            if wanted is None or b.file_id in wanted
+            for b in self.ledger.waiting_batches(mine=True)
+            if (wanted is None or b.file_id in wanted)
+            and (b.state == BatchState.POSTED or (b.posted_at or now) > now - IMPORT_SET_LIFETIME)
         ]
-        states: dict[str, str] = {}
+        sets: dict[str, dict[str, Any]] = {}
         ids = sorted({b.import_set_id for b in waiting if b.import_set_id})
         for start in range(0, len(ids), POLL_CHUNK):
             chunk = ids[start : start + POLL_CHUNK]
             for record in self.client.query(
-                "sys_import_set", "sys_idIN" + ",".join(chunk), fields=["sys_id", "state"]
+                "sys_import_set", "sys_idIN" + ",".join(chunk), fields=["sys_id", "state", "number"]
             ):
-                states[_field(record, "sys_id")] = _field(record, "state")
+                sets[_field(record, "sys_id")] = record
+        signature = tuple(sorted((i, _field(r, "state")) for i, r in sets.items()))
+        changed = signature != self._last_poll_signature or not waiting
+        self._last_poll_signature = signature
+        self.idle_poll_rounds = 0 if changed else self.idle_poll_rounds + 1
+        # Transform history is asked only while nothing moves, every 4th quiet round: a stuck set
+        # costs a query now and then, never one per set.
+        quiet = (
+            [i for i, r in sets.items() if _field(r, "state") in _WAITING_SET_STATES]
+            if self.idle_poll_rounds % 4 == 1
+            else []
+        )
+        stopped_runs = self._stopped_runs(quiet)
         touched: set[int] = set()
         for batch in waiting:
-            state = states.get(batch.import_set_id or "")
-            if state == "processed":
-                file = self.ledger.get_file(batch.file_id)
-                assert file is not None and file.staging_table is not None
-                try:
+            found = sets.get(batch.import_set_id or "")
+            state = _field(found, "state") if found is not None else None
+            timed_out = batch.state == BatchState.TIMED_OUT
+            try:
+                if state == "processed":
+                    file = self.ledger.get_file(batch.file_id)
+                    assert file is not None and file.staging_table is not None
                     self.record_batch_results(file.staging_table, batch)
-                except IllegalTransition:
-                    continue  # another process (the daemon, or a command beside it) recorded them first
-                progress.rows_finished(batch.row_count)
-                touched.add(batch.file_id)
-            elif state is None and batch.import_set_id and batch.import_set_id not in states:
-                # Gone from the instance (cleaned up) or never visible: say so rather than wait forever.
-                self._record_missing_import_set(batch)
+                    if timed_out:
+                        log.info(
+                            "file=%s batch=%s import set %s processed after its timeout; real results "
+                            "recorded",
+                            batch.file_id,
+                            batch.id,
+                            _field(found or {}, "number"),
+                        )
+                        self._rewrite_report(batch.file_id)
+                    else:
+                        progress.rows_finished(batch.row_count)
+                    touched.add(batch.file_id)
+                elif timed_out:
+                    continue
+                elif found is None and batch.import_set_id:
+                    # Gone from the instance (cleaned up) or never visible: say so rather than wait forever.
+                    self._record_missing_import_set(batch)
+                    touched.add(batch.file_id)
+                elif state not in _WAITING_SET_STATES or batch.import_set_id in stopped_runs:
+                    assert found is not None
+                    run_state = stopped_runs.get(batch.import_set_id or "")
+                    self._record_stopped_import_set(batch, found, run_state)
+                    progress.rows_finished(batch.row_count)
+                    touched.add(batch.file_id)
+                elif self._transform_overdue(batch, now):
+                    assert found is not None
+                    self._record_transform_timeout(batch, found)
+                    progress.rows_finished(batch.row_count)
+                    touched.add(batch.file_id)
+            except IllegalTransition:
+                continue  # another process (the daemon, or a command beside it) recorded them first
+            except TransientError as exc:
+                if exc.context.get("reason") != "acl":
+                    raise
+                # Retried already: the user may not read the staging rows. Say so on every row.
+                self.ledger.record_row_results(
+                    batch.id,
+                    [
+                        RowResult(batch_index=i, state=RowState.ERROR, message=str(exc))
+                        for i in range(batch.row_count)
+                    ],
+                )
                 touched.add(batch.file_id)
         finished = []
         candidates = touched | {
@@ -772,6 +850,70 @@ class Importer:
             self.complete_file(file_id)
             finished.append(file_id)
         return finished
+
+    def next_poll_delay(self, poll_s: float) -> float:
+        """Polite polling: the configured pace while sets move, doubling while nothing changes
+        (a set waiting for the instance's scheduler), up to 8 times it (at most 5 minutes)."""
+        factor = 2 ** min(self.idle_poll_rounds, 3)
+        return min(poll_s * factor, max(poll_s, POLL_BACKOFF_MAX_S))
+
+    def _stopped_runs(self, import_set_ids: list[str]) -> dict[str, str]:
+        """Import sets whose transform history (sys_import_set_run) ended Cancelled or Did not complete."""
+        stopped: dict[str, str] = {}
+        for start in range(0, len(import_set_ids), POLL_CHUNK):
+            chunk = import_set_ids[start : start + POLL_CHUNK]
+            for run in self.client.query(
+                "sys_import_set_run",
+                "setIN" + ",".join(chunk) + "^stateIN" + ",".join(STOPPED_RUN_STATES),
+                fields=["set", "state"],
+            ):
+                stopped[_field(run, "set")] = _field(run, "state")
+        return stopped
+
+    def _transform_overdue(self, batch: BatchRecord, now: datetime) -> bool:
+        timeout = timedelta(seconds=self.config.instance.transform_timeout_s)
+        return batch.posted_at is not None and now - batch.posted_at > timeout
+
+    def _record_stopped_import_set(
+        self, batch: BatchRecord, record: dict[str, Any], run_state: str | None
+    ) -> None:
+        number = _field(record, "number") or batch.import_set_id
+        state = _field(record, "state")
+        if run_state:
+            what = f"its transform history says {run_state!r} (import set state {state!r})"
+        else:
+            what = f"it is in state {state!r}, which never becomes 'processed'"
+        message = (
+            f"import set {number} was not transformed: {what}. A transform script (onStart, onBefore "
+            "or onComplete) or a person stopped it; check its Transform History on the instance, "
+            f"then re-run the failed rows (`importer rerun {batch.file_id} --failed-only`)"
+        )
+        log.warning("file=%s batch=%s import set %s %s", batch.file_id, batch.id, number, what)
+        self.ledger.record_row_results(
+            batch.id,
+            [RowResult(batch_index=i, state=RowState.ERROR, message=message) for i in range(batch.row_count)],
+        )
+
+    def _record_transform_timeout(self, batch: BatchRecord, record: dict[str, Any]) -> None:
+        timeout = self.config.instance.transform_timeout_s
+        number = _field(record, "number") or batch.import_set_id
+        message = (
+            f"not transformed within {timeout:g} s; import set {number} state {_field(record, 'state')!r}. "
+            "The instance's transform scheduler may be stuck; a later poll records the real result "
+            "if the set is processed"
+        )
+        log.warning("file=%s batch=%s %s", batch.file_id, batch.id, message)
+        self.ledger.record_row_results(
+            batch.id,
+            [RowResult(batch_index=i, state=RowState.ERROR, message=message) for i in range(batch.row_count)],
+            timed_out=True,
+        )
+
+    def _rewrite_report(self, file_id: int) -> None:
+        record = self.ledger.get_file(file_id)
+        if record is None or record.report_path is None:
+            return
+        inbox.write_report(Path(record.report_path), REPORT_COLUMNS, self.ledger.report(file_id))
 
     def _record_missing_import_set(self, batch: BatchRecord) -> None:
         message = (
@@ -800,7 +942,24 @@ class Importer:
             staging_sys_id = _field(staging_row, "sys_id")
             if several_maps:
                 # Only the import GET gives one result per transform map.
-                answer = self.client.import_row_result(staging_table, staging_sys_id) or {}
+                try:
+                    answer = self.client.import_row_result(staging_table, staging_sys_id)
+                except AuthError as exc:
+                    # 403: an ACL on the staging table hides the row's result from this user.
+                    outcomes.append(_unreadable_result(index, staging_sys_id, staging_table, exc))
+                    continue
+                if answer is None:
+                    outcomes.append(
+                        RowResult(
+                            batch_index=index,
+                            state=RowState.ERROR,
+                            message=f"staging row {staging_sys_id} of {staging_table} is gone from the "
+                            "instance (404: the Import Set Deleter removes import sets after 7 days by "
+                            "default), so its result is unknown; check the target table",
+                            staging_sys_id=staging_sys_id,
+                        )
+                    )
+                    continue
                 for result in answer.get("result", []):
                     status = str(result.get("status", ""))
                     outcomes.append(
@@ -809,7 +968,9 @@ class Importer:
                             state=_KNOWN_RESULT_STATES.get(status, RowState.ERROR),
                             transform_map=result.get("transform_map"),
                             target_table=result.get("table"),
-                            target_sys_id=result.get("sys_id"),
+                            # Only inserted/updated rows name a target record; the others may
+                            # carry the staging row's own sys_id (notes §11).
+                            target_sys_id=result.get("sys_id") if status in _TARGET_STATES else None,
                             display_value=result.get("display_value"),
                             message=result.get("error_message")
                             or result.get("status_message")
@@ -825,8 +986,12 @@ class Importer:
                     state=_KNOWN_RESULT_STATES.get(status, RowState.ERROR),
                     transform_map=_display(staging_row, "sys_transform_map") or None,
                     target_table=_field(staging_row, "sys_target_table") or None,
-                    target_sys_id=_field(staging_row, "sys_target_sys_id") or None,
-                    display_value=_display(staging_row, "sys_target_sys_id") or None,
+                    target_sys_id=(_field(staging_row, "sys_target_sys_id") or None)
+                    if status in _TARGET_STATES
+                    else None,
+                    display_value=(_display(staging_row, "sys_target_sys_id") or None)
+                    if status in _TARGET_STATES
+                    else None,
                     message=_field(staging_row, "sys_import_state_comment")
                     or (None if status in _KNOWN_RESULT_STATES else f"not transformed (state {status!r})"),
                     staging_sys_id=staging_sys_id,
@@ -879,4 +1044,5 @@ class Importer:
                 return False
             if self.stop_event.wait(delay):
                 return False
-            delay = min(delay * 2, poll_s)  # quick first answers, then the configured pace
+            # Quick first answers, then the configured pace, slower while nothing changes.
+            delay = min(delay * 2, self.next_poll_delay(poll_s))

@@ -25,6 +25,9 @@ class BatchState(StrEnum):
     POSTED = "posted"  # the instance answered with an import set
     PARKED = "parked"  # sending failed in a retryable way; retried after next_attempt_at
     COMPLETE = "complete"  # every row's result is recorded
+    # Not transformed within [instance] transform_timeout_s: its rows are recorded as error, and a
+    # later poll that finds the import set processed replaces them with the real results.
+    TIMED_OUT = "timed_out"
     ABANDONED = "abandoned"  # never reached the instance (proved after a crash); its rows went to a new batch
 
 

@@ -122,6 +122,7 @@ class BatchRecord:
     last_error: str | None
     posting_started_at: datetime | None
     next_attempt_at: datetime | None
+    posted_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,9 @@ class FileSummary:
     file: FileRecord
     rows: dict[str, int]
     batches_in_flight: int
+    # The oldest import set still waiting for its transform, and since when it was accepted.
+    waiting_on: str | None = None
+    waiting_since: datetime | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -154,6 +158,8 @@ class FileSummary:
             "batches_in_flight": self.batches_in_flight,
             "rerun_of": self.file.rerun_of,
             "error": self.file.error,
+            "waiting_on_import_set": self.waiting_on,
+            "waiting_since": self.waiting_since.isoformat() if self.waiting_since else None,
         }
 
 
@@ -195,6 +201,7 @@ def _batch_record(row: Any) -> BatchRecord:
         last_error=row.last_error,
         posting_started_at=_aware(row.posting_started_at),
         next_attempt_at=_aware(row.next_attempt_at),
+        posted_at=_aware(row.posted_at),
     )
 
 
@@ -531,9 +538,22 @@ class Ledger:
                         ).scalar()
                         or 0
                     ),
+                    **self._waiting(conn, record.id),
                 )
                 for record in found
             ]
+
+    @staticmethod
+    def _waiting(conn: Connection, file_id: int) -> dict[str, Any]:
+        oldest = conn.execute(
+            select(batches.c.import_set_id, batches.c.posted_at)
+            .where(batches.c.file_id == file_id, batches.c.state == BatchState.POSTED)
+            .order_by(batches.c.posted_at, batches.c.id)
+            .limit(1)
+        ).first()
+        if oldest is None:
+            return {}
+        return {"waiting_on": oldest.import_set_id, "waiting_since": _aware(oldest.posted_at)}
 
     # -- rows and batches --------------------------------------------------------------------
 
@@ -732,9 +752,16 @@ class Ledger:
             )
 
     def record_row_results(
-        self, batch_id: int, outcomes: Sequence[RowResult], *, sent_directly: bool = False
+        self,
+        batch_id: int,
+        outcomes: Sequence[RowResult],
+        *,
+        sent_directly: bool = False,
+        timed_out: bool = False,
     ) -> int:
-        """Record every row's outcome per transform map; the batch becomes complete.
+        """Record every row's outcome per transform map; the batch becomes complete (or
+        ``timed_out``: the outcomes say it was not transformed in time, and real results may
+        replace them later: a ``timed_out`` batch accepts results once more).
 
         ``sent_directly``: the batch went to an API that answers at once (the Application
         Service API), so it is completed straight from ``posting``; no import set to wait for.
@@ -742,11 +769,23 @@ class Ledger:
         Returns how many rows of the batch the instance did not report (they are recorded as
         ``error`` with a message saying so — a row is never left without a result).
         """
-        allowed = [BatchState.POSTING] if sent_directly else [BatchState.POSTED]
+        if sent_directly:
+            allowed = [BatchState.POSTING]
+        elif timed_out:
+            allowed = [BatchState.POSTED]
+        else:
+            allowed = [BatchState.POSTED, BatchState.TIMED_OUT]
         with self._connect() as conn:
             batch = conn.execute(select(batches).where(batches.c.id == batch_id).with_for_update()).first()
             if batch is None or batch.state not in allowed:
                 raise IllegalTransition(f"batch {batch_id} is not waiting for results")
+            if batch.state == BatchState.TIMED_OUT:
+                # The import set was processed after all: its real results replace the timeout's.
+                conn.execute(
+                    delete(results).where(
+                        results.c.row_id.in_(select(rows.c.id).where(rows.c.batch_id == batch_id))
+                    )
+                )
             members = {
                 index: (row_id, source_row)
                 for row_id, index, source_row in conn.execute(
@@ -811,8 +850,29 @@ class Ledger:
                 )
             if result_rows:
                 conn.execute(insert(results), result_rows)
-            self._batch_transition(conn, batch_id, allowed, BatchState.COMPLETE, completed_at=utcnow())
+            new = BatchState.TIMED_OUT if timed_out else BatchState.COMPLETE
+            self._batch_transition(conn, batch_id, allowed, new, completed_at=utcnow())
+            if batch.state == BatchState.TIMED_OUT:
+                self._refinish(conn, batch.file_id)
             return missing
+
+    def _refinish(self, conn: Connection, file_id: int) -> None:
+        """A finished file whose rows changed (timeout results replaced): its state follows them."""
+        state = conn.execute(select(files.c.state).where(files.c.id == file_id)).scalar()
+        if state not in (FileState.DONE, FileState.DONE_WITH_ERRORS):
+            return
+        counts = self._row_counts(conn, file_id)
+        failed = any(counts.get(s, 0) for s in FAILED_ROW_STATES)
+        new = FileState.DONE_WITH_ERRORS if failed else FileState.DONE
+        if new != state:
+            self._transition(conn, file_id, [FileState(state)], new)
+
+    def waiting_batches(self, *, mine: bool = False) -> list[BatchRecord]:
+        """Batches whose import set is still to be looked at: posted ones, and timed-out ones
+        (a later poll may find their set processed)."""
+        return self.batches_in_state(BatchState.POSTED, mine=mine) + self.batches_in_state(
+            BatchState.TIMED_OUT, mine=mine
+        )
 
     def failed_source_rows(self, file_id: int) -> set[int]:
         with self._connect() as conn:

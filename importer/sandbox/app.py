@@ -21,6 +21,7 @@ from .counters import Counters
 from .data import UserSpec
 from .faults import FaultError, Faults
 from .query import RenderOptions, parse_query, render, select
+from .sessions import COOKIE, Sessions
 from .store import Store
 from .transform import TransformEngine
 
@@ -28,6 +29,10 @@ IMPORT_ROLES = frozenset({"import_transformer", "admin"})
 APP_SERVICE_ROLES = frozenset({"app_service_admin", "admin"})
 DEFAULT_LIMIT = 10000
 _VERSION = re.compile(r"^/api/now/(v1|v2)/")
+QUOTA_ERROR = {
+    "message": "Transaction cancelled: maximum execution time exceeded",
+    "detail": "Transaction cancelled by the quota rule 'REST Table API request timeout' after 60 seconds",
+}
 
 JSONValue = Any
 
@@ -107,6 +112,7 @@ class SandboxApp:
         self.outage_active = outage_active
         self.max_content_length = store.spec.max_content_length_bytes
         self.app_service = AppService(store)
+        self.sessions = Sessions()
         self.url_map = Map(
             [Rule(path, methods=methods, endpoint=endpoint) for path, methods, endpoint in _RULES],
             strict_slashes=False,
@@ -115,6 +121,7 @@ class SandboxApp:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         request = Request(environ)
+        self.engine.request_started()
         try:
             response = self.dispatch(request)
         except DropConnection:
@@ -125,6 +132,9 @@ class SandboxApp:
                 except OSError:
                     pass
             response = Response(b"", status=500)
+            response.headers["Connection"] = "close"
+        finally:
+            self.engine.request_finished()
         return response(environ, start_response)
 
     # ------------------------------------------------------------------ dispatch
@@ -149,6 +159,64 @@ class SandboxApp:
         if kind == "admin":
             return self.admin(action, request)
         self.counters.add_request(kind)
+        if request.environ.get("sandbox.requests_on_connection", 1) > 1 and self.faults.picks(
+            "close_on_reuse", kind
+        ):
+            # The instance closed this idle keep-alive connection just as the client reused it:
+            # the request is never read, nothing happens.
+            self.counters.add_fault("closed_on_reuse")
+            raise DropConnection()
+        if kind == "oauth":
+            return self.dispatch_api(request, kind, action, args, version)
+        sid, new = self.sessions.session_for(request.cookies.get(COOKIE))
+        if not self.sessions.enter(sid, kind):
+            # More than 10 requests queued on one session: answered 202, dropped unprocessed (§11).
+            self.counters.add_fault("session_overflow")
+            response = Response(b"", status=202)
+        else:
+            try:
+                response = self.dispatch_api(request, kind, action, args, version)
+            finally:
+                self.sessions.leave(sid)
+        if new:
+            response.set_cookie(COOKIE, sid, path="/", httponly=True)
+        return response
+
+    def dispatch_api(
+        self, request: Request, kind: str, action: str, args: Mapping[str, Any], version: str | None
+    ) -> Response:
+        quota_cancel = self.faults.picks("quota_cancel", kind)
+        response = self._dispatch_api(request, kind, action, args, version)
+        if quota_cancel and 200 <= response.status_code < 300:
+            self.counters.add_fault("quota_cancel")
+            return self._quota_cancelled(response)
+        return response
+
+    def _quota_cancelled(self, response: Response) -> Response:
+        """A transaction cancelled by a quota rule after it started: 200, with an error object
+        appended to a possibly malformed body (KB1297438). Its work is committed."""
+        text = response.get_data(as_text=True)
+        if self.faults.value("quota_cancel_body", "partial") == "unparsable":
+            body = text[: max(1, len(text) // 2)] + json.dumps({"error": QUOTA_ERROR, "status": "failure"})
+            return Response(body, status=200, mimetype="application/json")
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = {}
+        if not isinstance(data, dict):
+            data = {"result": data}
+        if isinstance(data.get("result"), list):
+            data["result"] = data["result"][: len(data["result"]) // 2]
+        data.update(error=QUOTA_ERROR, status="failure")
+        answer = json_response(data, 200)
+        for key in ("X-Total-Count", "Link"):
+            if key in response.headers:
+                answer.headers[key] = response.headers[key]
+        return answer
+
+    def _dispatch_api(
+        self, request: Request, kind: str, action: str, args: Mapping[str, Any], version: str | None
+    ) -> Response:
         if self.outage_active():
             self.counters.add_fault("outage")
             raise DropConnection()
@@ -264,6 +332,16 @@ class SandboxApp:
             raise ApiError(
                 400, "Invalid request body", "insertMultiple expects a JSON object with a 'records' array"
             )
+        if self.faults.picks("accepted_202", "insertMultiple"):
+            # Dropped unprocessed, as when the session's queue overflows (KB3047080).
+            self.counters.add_fault("accepted_202")
+            return Response(b"", status=202)
+        fate = "processed"
+        if self.faults.picks("cancel_import_sets", "insertMultiple"):
+            fate = "cancelled"
+        if self.faults.picks("oncomplete_error_import_sets", "insertMultiple"):
+            fate = "error"
+        held = self.faults.picks("untransformed_import_sets", "insertMultiple")
         # An empty records array creates an empty import set that is processed at once (sandbox choice:
         # the client sees a real import set with no rows, not an error).
         loaded = self.engine.load(
@@ -272,6 +350,8 @@ class SandboxApp:
             user.user_name,
             multi_import_set_id=request.args.get("multi_import_set_id") or None,
             run_after=request.args.get("run_after") or None,
+            fate=fate,
+            held=held,
         )
         if self.faults.drop_this_commit():
             self.counters.add_fault("dropped")
@@ -303,6 +383,13 @@ class SandboxApp:
     def import_get(self, request: Request, user: UserSpec, staging: str, sys_id: str) -> Response:
         self._require(user, IMPORT_ROLES, "the Import Set API")
         self._staging(staging)
+        if self.faults.value("import_get_403"):
+            self.counters.add_fault("acl")
+            raise ApiError(
+                403,
+                "User Not Authorized",
+                f"Insufficient rights: an ACL on {staging} denies read access to the staging row",
+            )
         with self.store.lock:
             row = self.store.tables[staging].records.get(sys_id)
             if row is None:
@@ -366,6 +453,11 @@ class SandboxApp:
             selected = select(tbl, parse_query(args.get("sysparm_query", ""), tbl))
             page = [render(self.store, tbl, r, options) for r in selected[offset : offset + limit]]
         total = len(selected)
+        hidden = self.faults.acl_hides(table)
+        if hidden is not None and page:
+            # ACLs filter rows after the query (KB3047115): X-Total-Count still counts them.
+            self.counters.add_fault("acl")
+            page = [] if hidden == "all" else page[::2]
         headers = {"Link": self._links(request, offset, limit, total, no_count, len(page))}
         if not no_count:
             headers["X-Total-Count"] = str(total)
@@ -453,9 +545,12 @@ class SandboxApp:
 
     # ------------------------------------------------------------------ admin (no auth)
 
+    def counters_snapshot(self) -> dict[str, Any]:
+        return {**self.counters.snapshot(), "sessions": self.sessions.snapshot()}
+
     def admin(self, action: str, request: Request) -> Response:
         if action == "counters":
-            return json_response(self.counters.snapshot())
+            return json_response(self.counters_snapshot())
         if action == "data":
             wanted = [t for t in request.args.get("tables", "").split(",") if t]
             return json_response(self.store.dump(wanted or None))
@@ -475,6 +570,7 @@ class SandboxApp:
             )
         if request.method == "DELETE":
             self.faults.clear()
+            self.engine.release_held()
         elif request.method == "POST":
             try:
                 self.set_faults(**body)

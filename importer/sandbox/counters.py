@@ -15,7 +15,20 @@ class Counters:
         self.rows_transformed = 0
         self.unknown_keys_dropped = 0
         self.values_mangled = 0
-        self.faults_injected: Counter[str] = Counter({"429": 0, "503": 0, "dropped": 0, "outage": 0})
+        self.faults_injected: Counter[str] = Counter(
+            {
+                "429": 0,
+                "503": 0,
+                "dropped": 0,
+                "outage": 0,
+                "quota_cancel": 0,
+                "accepted_202": 0,
+                "session_overflow": 0,
+                "acl": 0,
+                "closed_on_reuse": 0,
+                "rows_not_stored": 0,
+            }
+        )
 
     def add_request(self, kind: str) -> None:
         with self._lock:
@@ -31,9 +44,9 @@ class Counters:
         with self._lock:
             self.rows_transformed += rows
 
-    def add_fault(self, kind: str) -> None:
+    def add_fault(self, kind: str, n: int = 1) -> None:
         with self._lock:
-            self.faults_injected[kind] += 1
+            self.faults_injected[kind] += n
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

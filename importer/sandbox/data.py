@@ -18,6 +18,8 @@ DEFAULT_MAX_CONTENT_LENGTH = 10 * 1024 * 1024
 DEFAULT_ACCESS_LIFETIME_S = 1800.0
 DEFAULT_REFRESH_LIFETIME_S = 100 * 86400.0
 DEFAULT_MAX_LENGTH = 40
+MAX_ROW_BYTES = 8126  # a larger staging row is skipped and logged (SND r_MaximumRowSize.md)
+DEFAULT_KEEPALIVE_IDLE_S = 5.0
 
 
 class SandboxDataError(ValueError):
@@ -78,7 +80,8 @@ class FieldMapSpec:
     pattern: str | None = None
     pattern_message: str | None = None
     reference_field: str | None = None
-    choice_action: str = "reject"  # reject | ignore | create
+    # A value not found creates the record unless the field map says ignore or reject (§11).
+    choice_action: str = "create"  # create | ignore | reject
 
 
 @dataclass
@@ -107,6 +110,8 @@ class DataSpec:
     max_content_length_bytes: int = DEFAULT_MAX_CONTENT_LENGTH
     async_transform_delay_ms: float = 50.0
     client_credentials_grant: bool = True
+    max_row_bytes: int = MAX_ROW_BYTES
+    keepalive_idle_s: float = DEFAULT_KEEPALIVE_IDLE_S
     users: dict[str, UserSpec] = field(default_factory=dict)
     access_token_lifetime_s: float = DEFAULT_ACCESS_LIFETIME_S
     refresh_token_lifetime_s: float = DEFAULT_REFRESH_LIFETIME_S
@@ -199,7 +204,14 @@ def parse_data(raw: Any, source: str) -> DataSpec:
     instance = check.mapping(top.get("instance"), "instance")
     check.unknown_keys(
         instance,
-        {"seed", "max_content_length_bytes", "async_transform_delay_ms", "client_credentials_grant"},
+        {
+            "seed",
+            "max_content_length_bytes",
+            "async_transform_delay_ms",
+            "client_credentials_grant",
+            "max_row_bytes",
+            "keepalive_idle_s",
+        },
         "instance",
     )
     seed = instance.get("seed")
@@ -212,6 +224,11 @@ def parse_data(raw: Any, source: str) -> DataSpec:
     )
     spec.async_transform_delay_ms = check.number(instance, "async_transform_delay_ms", "instance", 50.0)
     spec.client_credentials_grant = check.flag(instance, "client_credentials_grant", "instance", True)
+    spec.max_row_bytes = int(check.number(instance, "max_row_bytes", "instance", MAX_ROW_BYTES))
+    spec.keepalive_idle_s = check.number(instance, "keepalive_idle_s", "instance", DEFAULT_KEEPALIVE_IDLE_S)
+    if spec.keepalive_idle_s <= 0:
+        check.problems.append("instance.keepalive_idle_s: expected a number > 0")
+        spec.keepalive_idle_s = DEFAULT_KEEPALIVE_IDLE_S
 
     for i, raw_user in enumerate(check.listing(top.get("users"), "users")):
         where = f"users[{i}]"
@@ -355,7 +372,7 @@ def _parse_map(check: _Checker, where: str, raw: Any, columns: dict[str, ColumnS
                 pattern=pattern,
                 pattern_message=fm.get("pattern_message"),
                 reference_field=fm.get("reference_field"),
-                choice_action=check.choice(fm, "choice_action", fwhere, ("reject", "ignore", "create")),
+                choice_action=check.choice(fm, "choice_action", fwhere, ("create", "ignore", "reject")),
             )
         )
     order = tmap.get("order", 100)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -28,14 +29,26 @@ class _QuietHandler(WSGIRequestHandler):
     # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm and the
     # client's delayed ACK add milliseconds to every answer.
     disable_nagle_algorithm = True
+    # Keep-alive, as a real instance offers it: a connection serves many requests, and one idle
+    # for longer than the server's keepalive_idle_s is closed (StreamRequestHandler.timeout), so a
+    # client's pooled connections go stale.
+    protocol_version = "HTTP/1.1"
 
-    def handle(self) -> None:
-        engine = self.server.app.engine  # type: ignore[attr-defined]
-        engine.connection_opened()
-        try:
-            super().handle()
-        finally:
-            engine.connection_closed()
+    def setup(self) -> None:
+        self.timeout = self.server.keepalive_idle_s  # type: ignore[attr-defined,misc]
+        super().setup()
+        self._requests_served = 0
+        self.server.track(self.connection, True)  # type: ignore[attr-defined]
+
+    def finish(self) -> None:
+        self.server.track(self.connection, False)  # type: ignore[attr-defined]
+        super().finish()
+
+    def make_environ(self) -> Any:
+        environ = super().make_environ()
+        self._requests_served += 1
+        environ["sandbox.requests_on_connection"] = self._requests_served
+        return environ
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
@@ -49,6 +62,28 @@ class _Server(ThreadedWSGIServer):
     # Handler threads are joined on close, so stopping the sandbox leaks no thread.
     daemon_threads = False
     block_on_close = True
+    keepalive_idle_s = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._open: set[Any] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def track(self, connection: Any, opened: bool) -> None:
+        with self._open_lock:
+            (self._open.add if opened else self._open.discard)(connection)
+
+    def close_idle_connections(self) -> None:
+        """On stop: end every kept-alive connection, so its handler thread ends and is joined."""
+        with self._open_lock:
+            connections = list(self._open)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def server_close(self) -> None:
+        self.close_idle_connections()
+        super().server_close()
 
 
 class SandboxServer:
@@ -91,9 +126,11 @@ class SandboxServer:
 
     def _bind(self, port: int) -> _Server:
         try:
-            return _Server(self.host, port, self.app, handler=_QuietHandler)
+            server = _Server(self.host, port, self.app, handler=_QuietHandler)
         except SystemExit as exc:  # werkzeug exits on bind errors; this is a library
             raise OSError(f"cannot listen on {self.host}:{port}") from exc
+        server.keepalive_idle_s = self.spec.keepalive_idle_s
+        return server
 
     def start(self) -> SandboxServer:
         if self._thread is not None:
@@ -178,6 +215,8 @@ class SandboxServer:
 
     def set_faults(self, **faults: Any) -> dict[str, Any]:
         config = self._faults.set(**faults)
+        if "untransformed_import_sets" in faults and not faults["untransformed_import_sets"]:
+            self.engine.release_held()
         outage = faults.get("outage_s")
         if outage:
             self._begin_outage(float(outage))
@@ -185,6 +224,7 @@ class SandboxServer:
 
     def clear_faults(self) -> None:
         self._faults.clear()
+        self.engine.release_held()
 
     def _outage_active(self) -> bool:
         return time.monotonic() < self._outage_until
@@ -203,7 +243,7 @@ class SandboxServer:
                 server.socket.close()
 
     def counters(self) -> dict[str, Any]:
-        return self._counters.snapshot()
+        return self.app.counters_snapshot()
 
     def wait_idle(self, timeout: float = 10) -> bool:
         """True once every posted asynchronous import set is processed."""

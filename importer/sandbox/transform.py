@@ -72,6 +72,7 @@ class _Staging:
     spec: StagingSpec
     table: Table
     columns_by_key: dict[str, tuple[str, int]]  # request key -> (column name, max_length)
+    columns_by_label_or_name: dict[str, tuple[str, int]]  # the single POST's keys
     empty_row: Record
     maps: list[_Map]
 
@@ -90,6 +91,10 @@ class Job:
     run_id: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
     started: float = 0.0
+    # How the set ends (faults, servicenow-notes §11): "processed", "cancelled" (its transform
+    # history Cancelled), "error" (an onComplete script set error = true); held: never transformed.
+    fate: str = "processed"
+    held: bool = False
 
 
 @dataclass
@@ -115,7 +120,7 @@ class TransformEngine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._busy_lock = threading.Lock()
-        self._connections = 0  # open HTTP connections: the worker gives way to them
+        self._connections = 0  # HTTP requests being answered: the worker gives way to them
         self._quiet_since = 0.0
         self.staging = {name: self._compile(spec) for name, spec in store.staging.items()}
 
@@ -157,7 +162,16 @@ class TransformEngine:
                     coalesce_sources=tuple(fm.source for fm in coalesce),
                 )
             )
-        return _Staging(spec=spec, table=table, columns_by_key=by_key, empty_row=empty, maps=maps)
+        either = {c.name: (c.name, c.max_length) for c in spec.columns.values()}
+        either.update({c.label: (c.name, c.max_length) for c in spec.columns.values()})
+        return _Staging(
+            spec=spec,
+            table=table,
+            columns_by_key=by_key,
+            columns_by_label_or_name=either,
+            empty_row=empty,
+            maps=maps,
+        )
 
     # ------------------------------------------------------------------ worker lifecycle
 
@@ -175,7 +189,7 @@ class TransformEngine:
     def wait_idle(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         with self.cond:
-            while self.jobs:
+            while any(not job.held for job in self.jobs):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -191,11 +205,11 @@ class TransformEngine:
             return now
         return (math.floor(now / self.delay_s) + 2) * self.delay_s
 
-    def connection_opened(self) -> None:
+    def request_started(self) -> None:
         with self._busy_lock:
             self._connections += 1
 
-    def connection_closed(self) -> None:
+    def request_finished(self) -> None:
         with self._busy_lock:
             self._connections -= 1
             self._quiet_since = time.monotonic()
@@ -226,14 +240,17 @@ class TransformEngine:
         next_ready = now + 0.5
         sets = self.store.tables["sys_import_set"].records
         for job in self.jobs:
+            if job.held:
+                continue
             if job.ready_at > now:
                 next_ready = min(next_ready, job.ready_at)
                 continue
             if job.run_after is not None:
                 after = sets.get(job.run_after)
                 # A run_after naming no import set waits forever (sandbox choice: the hardest case; the
-                # client must not wait without a deadline).
-                if after is None or after["state"] != "processed":
+                # client must not wait without a deadline). One that ended (processed, cancelled or
+                # error) has completed: the next set runs (sandbox choice; not documented).
+                if after is None or after["state"] not in ("processed", "cancelled", "error"):
                     continue
             runnable.append(job)
         if not runnable:
@@ -251,6 +268,8 @@ class TransformEngine:
         user: str,
         multi_import_set_id: str | None,
         run_after: str | None,
+        fate: str = "processed",
+        held: bool = False,
     ) -> LoadResult:
         """insertMultiple: a new import set, its rows stored, then queued (or transformed inline)."""
         staging = self.staging[staging_name]
@@ -291,6 +310,8 @@ class TransformEngine:
                 row_ids=row_ids,
                 run_after=None if synchronous else run_after,
                 ready_at=self._next_tick(),
+                fate=fate,
+                held=held and not synchronous,
             )
             if not staging.maps:
                 # No transform map: ServiceNow leaves the set "loaded"; there is nothing to wait for.
@@ -304,12 +325,19 @@ class TransformEngine:
             return LoadResult(set_id, multi_import_set_id, row_ids)
 
     def _store_rows(
-        self, staging: _Staging, set_id: str, records: list[Any], user: str, stamp: str, first_row: int
+        self,
+        staging: _Staging,
+        set_id: str,
+        records: list[Any],
+        user: str,
+        stamp: str,
+        first_row: int,
+        columns: dict[str, tuple[str, int]] | None = None,
     ) -> list[str]:
         # The hot path of insertMultiple. Records of one request nearly always share their keys: the
         # key -> column plan is made once per key tuple, and a record whose values are all short
         # strings is stored with C-level operations only.
-        columns = staging.columns_by_key
+        columns = staging.columns_by_key if columns is None else columns
         template = dict(staging.empty_row)
         template.update(
             sys_import_set=set_id,
@@ -326,8 +354,15 @@ class TransformEngine:
         plans: dict[tuple[str, ...], tuple[list[str], list[int]] | None] = {}
         dropped = mangled = 0
         row_ids = []
+        max_row = self.store.spec.max_row_bytes
+        not_stored = 0
         for n, raw in enumerate(records, start=first_row):
             row = template.copy()
+            if type(raw) is dict and _row_too_large(raw, max_row):
+                # Skipped and logged (notes §7): the set holds fewer rows than were posted, and the
+                # row numbers keep the gap (sandbox choice: the row counter advances on each record).
+                not_stored += 1
+                continue
             if type(raw) is dict:
                 keys = tuple(raw)
                 if keys in plans:
@@ -358,6 +393,8 @@ class TransformEngine:
             table_of[sys_id] = name
             row_ids.append(sys_id)
         self.counters.add_rows_received(len(row_ids), dropped, mangled)
+        if not_stored:
+            self.counters.add_fault("rows_not_stored", not_stored)
         return row_ids
 
     @staticmethod
@@ -402,7 +439,13 @@ class TransformEngine:
                 )
                 self._open_sync_sets[staging_name] = set_id
             first_row = sum(1 for r in staging.table.records.values() if r["sys_import_set"] == set_id)
-            row_id = self._store_rows(staging, set_id, [record], user, now_text(), first_row)[0]
+            # The single POST accepts column names as well as labels (notes §11).
+            stored = self._store_rows(
+                staging, set_id, [record], user, now_text(), first_row, staging.columns_by_label_or_name
+            )
+            if not stored:
+                return sets.records[set_id]["number"], [], ""
+            row_id = stored[0]
             for tmap in staging.maps:
                 key = (set_id, tmap.sys_id)
                 run_id = self._sync_runs.get(key)
@@ -446,9 +489,33 @@ class TransformEngine:
         run["state"] = "Complete with errors" if run["errors"] != "0" else "Complete"
         run["completed"] = run["sys_updated_on"] = now_text()
 
+    def release_held(self) -> None:
+        """The untransformed_import_sets fault was cleared: held sets transform at the next tick."""
+        with self.cond:
+            for job in self.jobs:
+                if job.held:
+                    job.held = False
+                    job.ready_at = self._next_tick()
+            self.cond.notify_all()
+
+    def _cancel(self, job: Job) -> None:
+        """A cancelled transform: the set is cancelled, its history says Cancelled, rows stay pending."""
+        stamp = now_text()
+        if job.staging.maps:
+            run_id = self._new_run(job.set_id, job.staging.maps[0])
+            self.store.tables["sys_import_set_run"].update(
+                run_id, {"state": "Cancelled", "completed": stamp, "sys_updated_on": stamp}
+            )
+        sets = self.store.tables["sys_import_set"]
+        sets.update(job.set_id, {"state": "cancelled", "sys_updated_on": stamp})
+        self.jobs.remove(job)
+
     def _transform_chunk(self, job: Job, size: int) -> None:
         """Transform up to size rows of the job's current map; advance map and set state."""
         sets = self.store.tables["sys_import_set"]
+        if job.fate == "cancelled":
+            self._cancel(job)
+            return
         if job.map_index == 0 and job.row_index == 0 and job.run_id is None:
             sets.update(job.set_id, {"state": "processing", "sys_updated_on": now_text()})
         tmap = job.staging.maps[job.map_index]
@@ -484,7 +551,9 @@ class TransformEngine:
         job.row_index = 0
         job.run_id = None
         if job.map_index >= len(job.staging.maps):
-            sets.update(job.set_id, {"state": "processed", "sys_updated_on": now_text()})
+            # An onComplete script with error = true marks the import set as error (notes §11).
+            final = "error" if job.fate == "error" else "processed"
+            sets.update(job.set_id, {"state": final, "sys_updated_on": now_text()})
             self.counters.add_rows_transformed(total)
             if job in self.jobs:
                 self.jobs.remove(job)
@@ -654,6 +723,15 @@ class TransformEngine:
                     "sys_id": row_id,
                 }
             ]
+
+
+def _row_too_large(raw: dict[str, Any], limit: int) -> bool:
+    """Whether a record's values exceed the row size limit, in UTF-8 bytes."""
+    values = [v if type(v) is str else mangle(v) for v in raw.values()]
+    chars = sum(map(len, values))
+    if chars * 4 <= limit:  # cheap: no UTF-8 character is longer than 4 bytes
+        return False
+    return sum(len(v.encode("utf-8")) for v in values) > limit
 
 
 def _run_time(seconds: float) -> str:

@@ -1,11 +1,17 @@
-"""The instance client: Import Set, Table and Aggregate APIs over one keep-alive session."""
+"""The instance client: Import Set, Table and Aggregate APIs over keep-alive sessions, one per thread.
+
+A real instance serves one transaction at a time per session (its ``JSESSIONID`` cookie): a
+client whose threads shared one cookie would be serialised by the instance, and past ten queued
+requests see them dropped with a 202 (servicenow-notes §11). So each thread (each daemon worker,
+the poller) has its own ``requests.Session``: its own cookie and its own connection pool.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -13,10 +19,21 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import requests
 
 from importer import __version__
-from importer.errors import AmbiguousResponse, InstanceError
+from importer.errors import InstanceError, TransientError
 
 from .auth import Authenticator, make_authenticator
-from .responses import Call, Endpoint, classify, is_no_record_found, json_body
+from .responses import (
+    Call,
+    Endpoint,
+    Promise,
+    classify,
+    has_import_set_id,
+    has_result_list,
+    has_result_object,
+    is_no_record_found,
+    is_object,
+    validated_body,
+)
 from .retry import OnRetry, RetryPolicy, call_with_retries
 from .settings import ClientSettings
 from .transport import send
@@ -32,9 +49,13 @@ class ImportSetRef:
     multi_import_set_id: str  # sys_multi_import_set sys_id
 
 
+class ShortRead(TransientError):
+    """A page held fewer rows than the instance counted (an ACL filtered them): retried."""
+
+
 class InstanceClient:
-    """Talks to one ServiceNow instance. Thread-safe for concurrent calls (one shared session
-    and token); close it, or use it as a context manager."""
+    """Talks to one ServiceNow instance. Thread-safe for concurrent calls (a session per thread,
+    one shared token); close it, or use it as a context manager."""
 
     def __init__(
         self,
@@ -45,10 +66,11 @@ class InstanceClient:
     ) -> None:
         self.settings = settings
         self._base = settings.base_url
-        self._session = requests.Session()
-        self._session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
-        self._session.verify = settings.verify_tls
-        self._auth: Authenticator = make_authenticator(settings, self._session)
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+        # Tokens are fetched on a session of their own (under the authenticator's lock).
+        self._auth: Authenticator = make_authenticator(settings, self._new_session())
         self._policy = RetryPolicy.from_settings(settings)
         self._on_retry = on_retry
         self._stop_event = stop_event
@@ -65,7 +87,26 @@ class InstanceClient:
         self.close()
 
     def close(self) -> None:
-        self._session.close()
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
+        session.verify = self.settings.verify_tls
+        with self._sessions_lock:
+            self._sessions.append(session)
+        return session
+
+    @property
+    def _session(self) -> requests.Session:
+        """This thread's session: its own JSESSIONID cookie and connection pool."""
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = self._new_session()
+        return session
 
     # -- Import Set API -------------------------------------------------------------------
 
@@ -86,22 +127,18 @@ class InstanceClient:
             if value
         }
         response = self._exchange(
-            "POST", self._path("import", staging_table, "insertMultiple"), call, params=params, body=body
+            "POST",
+            self._path("import", staging_table, "insertMultiple"),
+            call,
+            params=params,
+            body=body,
+            promise=has_import_set_id,
         )
-        data = json_body(response, call)
+        data = response.json()
         # Documented at the top level; tolerate a {"result": {...}} wrapper.
-        if isinstance(data, dict) and isinstance(data.get("result"), dict):
+        if isinstance(data.get("result"), dict):
             data = data["result"]
-        import_set_id = data.get("import_set_id") if isinstance(data, dict) else None
-        if not import_set_id:
-            raise AmbiguousResponse(
-                f"{self._base} answered {response.status_code} to {call.what} without an import_set_id: "
-                "the records may have been stored. Look the import set up before sending them again.",
-                status=response.status_code,
-                instance=self._base,
-                table=staging_table,
-                action=call.action,
-            )
+        import_set_id = data["import_set_id"]
         return ImportSetRef(str(import_set_id), str(data.get("multi_import_set_id") or ""))
 
     def insert_one(self, staging_table: str, record: dict[str, str]) -> dict[str, Any]:
@@ -109,7 +146,9 @@ class InstanceClient:
         transform results. Not idempotent: a lost answer raises AmbiguousResponse."""
         call = self._call("import", "insert", staging_table, idempotent=False)
         body = json.dumps(record, ensure_ascii=False).encode("utf-8")
-        response = self._exchange("POST", self._path("import", staging_table), call, body=body)
+        response = self._exchange(
+            "POST", self._path("import", staging_table), call, body=body, promise=has_result_list
+        )
         return self._json_object(response, call)
 
     def import_row_result(self, staging_table: str, staging_sys_id: str) -> dict[str, Any] | None:
@@ -117,7 +156,11 @@ class InstanceClient:
         Set Deleter removes import sets after 7 days by default)."""
         call = self._call("import", "read import result", staging_table)
         response = self._exchange(
-            "GET", self._path("import", staging_table, staging_sys_id), call, accept_statuses=(404,)
+            "GET",
+            self._path("import", staging_table, staging_sys_id),
+            call,
+            accept_statuses=(404,),
+            promise=has_result_list,
         )
         if response.status_code == 404:
             return None
@@ -156,7 +199,15 @@ class InstanceClient:
         offset = 0
         seen: set[str] = set()
         while True:
-            response = self._exchange("GET", url, call, params=page_params, accept_statuses=(404,))
+            response = self._exchange(
+                "GET",
+                url,
+                call,
+                params=page_params,
+                accept_statuses=(404,),
+                promise=has_result_list,
+                check=_full_page(call, page_size, offset, self._user),
+            )
             if response.status_code == 404:
                 if is_no_record_found(response):  # v1: a query matching nothing (or past the end)
                     return
@@ -197,7 +248,12 @@ class InstanceClient:
         if fields:
             params["sysparm_fields"] = ",".join(fields)
         response = self._exchange(
-            "GET", self._path("table", table, sys_id), call, params=params, accept_statuses=(404,)
+            "GET",
+            self._path("table", table, sys_id),
+            call,
+            params=params,
+            accept_statuses=(404,),
+            promise=has_result_object,
         )
         if response.status_code == 404:
             return None
@@ -216,7 +272,7 @@ class InstanceClient:
         if group_by:
             params["sysparm_group_by"] = ",".join(group_by)
         response = self._exchange("GET", self._path("stats", table), call, params=params)
-        data = json_body(response, call)
+        data = response.json()
         result = data.get("result") if isinstance(data, dict) else None
         try:
             if not group_by:
@@ -279,14 +335,21 @@ class InstanceClient:
         params: Mapping[str, str] | None = None,
         body: bytes | None = None,
         accept_statuses: tuple[int, ...] = (),
+        promise: Promise = is_object,
+        check: Callable[[requests.Response], None] | None = None,
     ) -> requests.Response:
-        """Send with retries; return a success (or an accepted) response, raise otherwise."""
+        """Send with retries; return a success whose body is what ``promise`` checks for (or an
+        accepted status), raise otherwise. ``check`` may refuse a success (then it is retried)."""
         headers = {"Content-Type": "application/json"} if body is not None else {}
 
         def attempt() -> requests.Response:
             response = self._send_authenticated(method, url, call, params=params, body=body, headers=headers)
-            if response.status_code not in accept_statuses:
-                classify(response, call)
+            if response.status_code in accept_statuses:
+                return response
+            classify(response, call)
+            validated_body(response, call, promise)
+            if check is not None:
+                check(response)
             return response
 
         return call_with_retries(
@@ -325,7 +388,7 @@ class InstanceClient:
         return response
 
     def _json_object(self, response: requests.Response, call: Call) -> dict[str, Any]:
-        data = json_body(response, call)
+        data = response.json()
         if not isinstance(data, dict):
             raise InstanceError(
                 f"{self._base} answered {call.what} with {type(data).__name__} instead of an object.",
@@ -346,3 +409,33 @@ class InstanceClient:
                 table=call.table,
             )
         return result
+
+
+def _full_page(
+    call: Call, page_size: int, offset: int, user: str | None
+) -> Callable[[requests.Response], None]:
+    """A check that a page holds as many rows as X-Total-Count says it should. ACLs filter rows
+    after the query (KB3047115): a short or empty page is not proof that the rows are gone."""
+
+    def check(response: requests.Response) -> None:
+        total_text = response.headers.get("X-Total-Count")
+        if not total_text or not total_text.strip().isdigit():
+            return
+        total = int(total_text)
+        expected = max(0, min(page_size, total - offset))
+        got = len(response.json()["result"])
+        if got < expected:
+            who = f"user '{user}'" if user else "the OAuth application user"
+            raise ShortRead(
+                f"{call.instance} counted {total} records of table '{call.table}' for {call.what} but "
+                f"returned {got} of the {expected} expected at offset {offset}: an ACL hides them from "
+                f"{who}. Give the user read access to '{call.table}' (a role its read ACLs name, e.g. "
+                "import_admin for import set tables, or admin).",
+                status=response.status_code,
+                instance=call.instance,
+                table=call.table,
+                action=call.action,
+                reason="acl",
+            )
+
+    return check

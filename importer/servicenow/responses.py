@@ -1,7 +1,8 @@
 """The one place that decides what an instance's answer means.
 
 ``classify`` turns every non-success response into the exception that says how to recover
-(``importer.errors``); ``json_body`` reads a success body. Both are pure functions of a
+(``importer.errors``); ``validated_body`` checks that a 2xx body is what the endpoint promises
+(a 200 can carry an error, a 202 can mean nothing was done). They are pure functions of a
 ``requests.Response`` and a ``Call`` describing what was asked, so a parametrized table tests
 them (tests/servicenow/test_responses.py).
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -360,4 +362,77 @@ def _role_advice(call: Call) -> str:
         )
     return (
         f"Give the user a role that may read table '{call.table}' (e.g. import_admin for import set tables)."
+    )
+
+
+# What a 2xx must carry to be a success, per endpoint (servicenow-notes §11: a 200 can carry an
+# error object appended to a partial or malformed body; a 202 may mean "dropped unprocessed").
+Promise = Callable[[Any], bool]
+
+
+def has_result_list(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("result"), list)
+
+
+def has_result_object(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("result"), dict)
+
+
+def has_import_set_id(data: Any) -> bool:
+    if isinstance(data, dict) and isinstance(data.get("result"), dict):
+        data = data["result"]
+    return isinstance(data, dict) and bool(data.get("import_set_id"))
+
+
+def is_object(data: Any) -> bool:
+    return isinstance(data, dict)
+
+
+def validated_body(response: requests.Response, call: Call, promise: Promise = is_object) -> Any:
+    """The JSON of a 2xx answer that is what the endpoint promises; otherwise raise.
+
+    Not a success: a body that does not parse, one carrying ``error`` / ``"status": "failure"``
+    (a quota rule cancelled the transaction after it started, KB1297438), a 202 (the session's
+    queue overflowed and the request was dropped, KB3047080), or a body without what ``promise``
+    checks for. A read is retried (TransientError); a change (``call.idempotent`` False) may have
+    been committed anyway, so it is ambiguous (AmbiguousResponse): look before sending it again.
+    """
+    problem: str | None = None
+    data: Any = None
+    if response.status_code == 202:
+        problem = "202 Accepted (the instance queued too many requests on one session and dropped it)"
+    else:
+        try:
+            data = response.json()
+        except ValueError:
+            problem = (
+                f"a body that is not JSON ({_text_excerpt(response, 120)!r}; if this persists, check "
+                "[instance] url: it must be the instance itself, not a login page or proxy)"
+            )
+        else:
+            failed = isinstance(data, dict) and (
+                isinstance(data.get("error"), dict) or data.get("status") == "failure"
+            )
+            if failed:
+                body = error_body(response)
+                summary = body.summary(response.status_code)
+                problem = f"an error in a {response.status_code} answer ({summary})"
+            elif not promise(data):
+                problem = f"an unexpected body ({str(data)[:160]})"
+    if problem is None:
+        return data
+    context: dict[str, Any] = {"instance": call.instance, "table": call.table, "action": call.action}
+    if not call.idempotent:
+        raise AmbiguousResponse(
+            f"{call.instance} answered {call.what} with {problem}; it may have stored the records "
+            "anyway. Look the import set up before sending them again.",
+            status=response.status_code,
+            reason="bad 2xx",
+            **context,
+        )
+    raise TransientError(
+        f"{call.instance} answered {call.what} with {problem}: not a complete answer; retrying.",
+        status=response.status_code,
+        reason="bad 2xx",
+        **context,
     )

@@ -5,13 +5,17 @@ reached the instance, a lost answer to a read). Not retried: ``AmbiguousResponse
 instance may have acted: the caller must look before sending again) and every other error.
 
 Waits are capped exponential backoff with full jitter (uniform in [0, min(max, base * 2^n)]),
-never shorter than the instance's Retry-After. Every wait is ``stop_event.wait(delay)``, so a
+never shorter than the instance's Retry-After. A 429 without Retry-After or X-RateLimit-Reset
+(a full API_INT semaphore queue, servicenow-notes §11) says nothing about when to come back: its
+wait has a floor of its own, doubling per attempt, capped, with jitter (half to all of it), so
+a throttled client never knocks again within milliseconds. Every wait is ``stop_event.wait(delay)``, so a
 shutdown interrupts it at once.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +43,8 @@ class RetryPolicy:
     backoff_max_s: float = 30.0
     # A Retry-After longer than this is not waited out: see settings.RETRY_AFTER_CAP_S.
     retry_after_cap_s: float = RETRY_AFTER_CAP_S
+    # The first wait after a 429 that names no wait; doubled per attempt, capped by backoff_max_s.
+    rate_limit_backoff_s: float = 1.0
 
     @classmethod
     def from_settings(cls, settings: ClientSettings) -> RetryPolicy:
@@ -72,7 +78,16 @@ class wait_backoff_or_retry_after(wait_base):
         error = _last_error(retry_state)
         if error is not None and error.retry_after is not None:
             delay = max(delay, min(error.retry_after, self._policy.retry_after_cap_s))
+        elif error is not None and error.status == 429:
+            delay = max(delay, rate_limit_floor_s(self._policy, retry_state.attempt_number))
         return delay
+
+
+def rate_limit_floor_s(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
+    """The wait after the ``attempt``-th 429 that named no wait: capped exponential, jittered
+    between half and all of it (equal jitter: never near zero)."""
+    ceiling = min(policy.backoff_max_s, policy.rate_limit_backoff_s * 2 ** max(0, attempt - 1))
+    return ceiling * (0.5 + 0.5 * (rng or random).random())
 
 
 class stop_if_retry_after_exceeds(stop_base):

@@ -167,5 +167,7 @@ def test_counters_count_requests_by_kind(sandbox, api):
     counters = requests.get(f"{sandbox.url}/sandbox/admin/counters").json()
     assert counters["requests"] == {"table": 1, "stats": 1, "import": 1}
     assert counters["rows_received"] == counters["rows_transformed"] == 1
-    assert set(counters["faults_injected"]) == {"429", "503", "dropped", "outage"}
+    assert {"429", "503", "dropped", "outage", "quota_cancel", "accepted_202", "session_overflow"} <= set(
+        counters["faults_injected"]
+    )
     assert counters == sandbox.counters()

@@ -1,0 +1,136 @@
+"""A sandbox as harsh as a real instance (servicenow-notes §11), and importer surviving it.
+
+Every test posts a file of several batches with one behaviour switched on and checks what a
+person would: every row has exactly one final result, the right state and target, the instance
+holds no duplicate, and nothing hangs (pytest-timeout guards each test).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.e2e.conftest import Workspace
+
+USERS = 40
+BATCH = 5
+USERS_MAPPING = f"""
+    staging_table: u_hr_user_import
+    match: ["users*"]
+    batch_rows: {BATCH}
+    columns:
+      "Emp ID": "Employee Number"
+      "First": "First Name"
+      "Last": "Last Name"
+      "Dept": "Department"
+"""
+
+
+def users_csv(first: int = 700, count: int = USERS) -> str:
+    return "Emp ID,First,Last,Dept\n" + "".join(
+        f"{first + i:06d},F{i},L{i},Engineering\n" for i in range(count)
+    )
+
+
+def drop_users(ws: Workspace, name: str = "users.csv", first: int = 700) -> str:
+    ws.mapping("users", USERS_MAPPING)
+    return str(ws.file(name, users_csv(first)))
+
+
+def report(ws: Workspace, file_id: int) -> list[dict[str, Any]]:
+    result = ws.cli("report", str(file_id), "--format", "json")
+    assert result.code == 0, result.output
+    return list(json.loads(result.stdout))
+
+
+def status(ws: Workspace) -> list[dict[str, Any]]:
+    result = ws.cli("status", "--json")
+    assert result.code == 0, result.output
+    return list(json.loads(result.stdout))
+
+
+def assert_once_each(ws: Workspace, entries: list[dict[str, Any]], first: int = 700) -> None:
+    """One final result per row (one transform map), and no duplicate at the instance."""
+    assert sorted(e["source_row"] for e in entries) == list(range(2, USERS + 2))
+    assert all(e["state"] not in ("pending", "posted") for e in entries)
+    staged = ws.table(
+        "u_hr_user_import", f"u_employee_numberSTARTSWITH{first // 100:04d}", "u_employee_number"
+    )
+    numbers = [r["u_employee_number"] for r in staged]
+    assert len(numbers) == len(set(numbers)) == USERS, "a row reached the staging table twice"
+    for entry in entries:
+        if entry["state"] in ("inserted", "updated"):
+            assert entry["target_sys_id"], entry
+        else:
+            assert entry["target_sys_id"] == "", entry
+
+
+def test_a_cancelled_set_ends_its_rows_as_error_at_once_and_the_rest_transform(workspace: Workspace) -> None:
+    workspace.server.set_faults(cancel_import_sets=[3])
+    result = workspace.cli("import", drop_users(workspace), "--json")
+    assert result.code == 3, result.output
+    [summary] = json.loads(result.stdout)
+    assert summary["state"] == "done_with_errors"
+    assert summary["rows"] == {"inserted": USERS - BATCH, "error": BATCH}
+    entries = report(workspace, summary["id"])
+    assert_once_each(workspace, entries)
+    errors = [e for e in entries if e["state"] == "error"]
+    assert [e["source_row"] for e in errors] == list(range(2 + 2 * BATCH, 2 + 3 * BATCH))
+    assert all("'Cancelled'" in e["message"] or "'cancelled'" in e["message"] for e in errors), errors[0]
+    assert all("rerun" in e["message"] for e in errors)
+    assert len(workspace.table("sys_user", "employee_numberSTARTSWITH0007")) == USERS - BATCH
+
+
+def test_an_oncomplete_error_ends_the_sets_rows_as_error(workspace: Workspace) -> None:
+    workspace.server.set_faults(oncomplete_error_import_sets=[2])
+    result = workspace.cli("import", drop_users(workspace), "--json")
+    assert result.code == 3, result.output
+    [summary] = json.loads(result.stdout)
+    assert summary["state"] == "done_with_errors"
+    assert summary["rows"] == {"inserted": USERS - BATCH, "error": BATCH}
+    entries = report(workspace, summary["id"])
+    assert_once_each(workspace, entries)
+    errors = [e for e in entries if e["state"] == "error"]
+    assert all("state 'error'" in e["message"] and "Transform History" in e["message"] for e in errors)
+
+
+def test_a_never_transformed_set_times_out_and_a_later_poll_records_its_real_results(
+    workspace: Workspace,
+) -> None:
+    workspace.write_config(transform_timeout_s=1.5)
+    workspace.server.set_faults(untransformed_import_sets=[USERS // BATCH])  # the last batch
+    path = drop_users(workspace)
+    posted = workspace.cli("import", path, "--no-wait", "--json")
+    assert posted.code == 0, posted.output
+    [summary] = json.loads(posted.stdout)
+    file_id = summary["id"]
+    # While it waits, status says for how long and on which import set.
+    shown = workspace.cli("status")
+    assert "waiting" in shown.stdout and "for the transform of import set" in shown.stdout, shown.stdout
+    [waiting] = status(workspace)
+    assert waiting["waiting_on_import_set"] and waiting["waiting_since"]
+
+    # The daemon in once mode waits for the results: the held set ends its rows as error.
+    workspace.inbox.mkdir(exist_ok=True)
+    ended = workspace.cli("run", "--once")
+    assert ended.code == 3, ended.output
+    [after] = status(workspace)
+    assert after["state"] == "done_with_errors"
+    assert after["rows"] == {"inserted": USERS - BATCH, "error": BATCH}
+    timed_out = [e for e in report(workspace, file_id) if e["state"] == "error"]
+    assert len(timed_out) == BATCH
+    assert all("not transformed within 1.5 s; import set ISET" in e["message"] for e in timed_out)
+    assert all("state 'loaded'" in e["message"] for e in timed_out)
+
+    # The instance's scheduler recovers: the next poll replaces the timeout results.
+    workspace.server.clear_faults()
+    assert workspace.server.wait_idle(timeout=20)
+    again = workspace.cli("run", "--once")
+    assert again.code == 0, again.output
+    [final] = status(workspace)
+    assert final["state"] == "done"
+    assert final["rows"] == {"inserted": USERS}
+    entries = report(workspace, file_id)
+    assert len(entries) == USERS  # replaced, not added to
+    assert_once_each(workspace, entries)
+    assert len(workspace.table("sys_user", "employee_numberSTARTSWITH0007")) == USERS
