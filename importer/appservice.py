@@ -25,6 +25,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from importer.appservice_mapping import LIST_FIELDS, SERVICE_TABLE, ServicePlan, ServiceRow, plan_services
 from importer.errors import AmbiguousResponse, AuthError, InstanceError, TransientError
@@ -32,6 +33,9 @@ from importer.ledger import BatchState, Ledger, RowResult, RowState
 from importer.mapping import TranslatedRow
 from importer.servicenow import InstanceClient
 from importer.servicenow.appservice import AppServiceClient, FoundService
+
+if TYPE_CHECKING:
+    from importer.verify import VerifyResult
 
 log = logging.getLogger("importer.appservice")
 
@@ -155,7 +159,8 @@ class ServiceImporter:
 
     # -- names -------------------------------------------------------------------------------
 
-    def _load_names(self, resolver: Resolver, services: Sequence[ServicePlan]) -> None:
+    @staticmethod
+    def _load_names(resolver: Resolver, services: Sequence[ServicePlan]) -> None:
         wanted: dict[str, set[str]] = {kind: set() for kind in LOOKUPS}
         for service in services:
             if service.cmdb_group:
@@ -171,7 +176,8 @@ class ServiceImporter:
         for (table, name_field), values in by_table.items():
             resolver.load(table, name_field, values)
 
-    def _resolve(self, service: ServicePlan, resolver: Resolver) -> _Resolved:
+    @staticmethod
+    def _resolve(service: ServicePlan, resolver: Resolver) -> _Resolved:
         resolved = _Resolved()
         group_problem = None
         if service.cmdb_group:
@@ -360,3 +366,68 @@ class ServiceImporter:
         if after.relations != before.relations or set(after.items) != set(before.items):
             changed.append("CI relations")
         return changed
+
+
+def verify_services(
+    client: InstanceClient,
+    sent: dict[int, dict[str, str]],
+    entries: list[dict[str, Any]],
+    result: VerifyResult,
+) -> None:
+    """`importer verify` of an app service file: each service as find_service shows it, each
+    row's CI relation as getContent shows it."""
+    from importer.verify import Difference
+
+    api = AppServiceClient(client)
+    rows = [
+        TranslatedRow(e["source_row"], sent[e["source_row"]], None)
+        for e in entries
+        if e["source_row"] in sent
+    ]
+    plan = plan_services(rows)
+    resolver = Resolver(client)
+    ServiceImporter._load_names(resolver, plan.services)
+    target = {e["source_row"]: e["target_sys_id"] for e in entries}
+    for service in plan.services:
+        sys_id = next((target[n] for n in service.source_rows if target.get(n)), "")
+        first = service.source_rows[0]
+        found = next((s for s in api.find_service(name=service.name) if s.sys_id == sys_id), None)
+        result.records += 1
+
+        def differ(
+            row: int, name: str, wanted: str, got: str | None, note: str = "", sys_id: str = sys_id
+        ) -> None:
+            result.differences.append(Difference(row, SERVICE_TABLE, sys_id, name, wanted, got, note))
+
+        if found is None:
+            differ(first, "name", service.name, None, "find_service does not find this service")
+            continue
+        for name in ("environment", "version"):
+            wanted = getattr(service, name)
+            if wanted:
+                result.fields += 1
+                if wanted != getattr(found, name):
+                    differ(first, name, wanted, getattr(found, name))
+        resolved = ServiceImporter._resolve(service, resolver)
+        for row in service.rows:
+            for kind in LIST_FIELDS:
+                for value in row.lists.get(kind, ()):
+                    result.fields += 1
+                    ref, problem = resolver.resolve(kind, value)
+                    if ref is None or ref not in found.relationships.get(kind, frozenset()):
+                        differ(row.number, kind, value, None, problem or "not related to the service")
+        if resolved.relations:
+            content = api.get_content(sys_id)
+            wanted_by_row = {
+                row.number: (resolver.resolve("ci", row.parent_ci)[0] or "" if row.parent_ci else "",
+                             resolver.resolve("ci", row.ci, row.ci_class)[0])
+                for row in service.rows
+                if row.ci
+            }  # fmt: skip
+            for number, pair in wanted_by_row.items():
+                result.fields += 1
+                if pair not in content.relations:
+                    row = next(r for r in service.rows if r.number == number)
+                    shown = f"{row.parent_ci or '(entry point)'} -> {row.ci}"
+                    differ(number, "relation", shown, None, "getContent does not show this relation")
+    result.differences.sort(key=lambda d: (d.source_row, d.field))

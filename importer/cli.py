@@ -343,6 +343,29 @@ def report(state: State, file_id: int, fmt: str, output: Path | None) -> int:
 
 
 @cli.command()
+@click.argument("file_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+@click.pass_obj
+@_command
+def verify(state: State, file_id: int, as_json: bool) -> int:
+    """Read back a finished file's target records and compare them with what its rows sent."""
+    from importer.app import runtime
+    from importer.verify import Verifier
+
+    with runtime(state.config) as rt:
+        result = Verifier(rt.ledger, rt.client, rt.importer.mappings).verify_file(file_id)
+    if as_json:
+        click.echo(json.dumps([d.as_json() for d in result.differences], indent=2))
+    else:
+        for d in result.differences:
+            where = f"{d.target_table}.{d.field}" if d.field else d.target_table
+            note = f" ({d.note})" if d.note else ""
+            click.echo(f"row {d.source_row}: {where}: sent {d.sent!r}, found {d.found!r}{note}")
+        click.echo(result.summary())
+    return EXIT_OK if result.ok else EXIT_ROWS_FAILED
+
+
+@cli.command()
 @click.option(
     "--file", "file_path", type=click.Path(path_type=Path), help="Dry-run this file through its mapping."
 )

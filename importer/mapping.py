@@ -92,7 +92,9 @@ class Mapping:
     # import_set: rows go to staging_table; app_service: to the Application Service API
     # (importer/appservice_mapping.py; staging_table is then cmdb_ci_service_auto).
     kind: Literal["import_set", "app_service"] = "import_set"
-    verify: bool = False  # `importer verify` after each file (daemon)
+    verify: bool = False  # `importer verify` after each file
+    # verify: {fields: {label: target field}}: where sys_transform_entry is not readable
+    verify_fields: dict[str, str] = field(default_factory=dict, hash=False)
     _plan: tuple[_ColumnPlan, ...] = field(init=False, repr=False, compare=False, hash=False)
     _sources: frozenset[str] = field(init=False, repr=False, compare=False, hash=False)
     _globs: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False, hash=False)
@@ -342,6 +344,25 @@ def _parse_json(problems: _Problems, value: object) -> JsonOptions:
     return JsonOptions(records=path.strip() if path else None)
 
 
+def parse_verify(problems: _Problems, value: object) -> dict[str, Any]:
+    """``verify: true`` | ``verify: {after_each_file: true, fields: {label: target field}}``."""
+    if isinstance(value, bool):
+        return {"verify": value}
+    section = _section(problems, "verify", value, ("after_each_file", "fields"))
+    options: dict[str, Any] = {
+        "verify": _flag(problems, "verify.after_each_file", section.get("after_each_file", False))
+    }
+    fields = section.get("fields")
+    if fields is not None:
+        if not isinstance(fields, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and k and v for k, v in fields.items()
+        ):
+            problems.add("verify.fields", "must map each staging label to the target field holding it")
+        else:
+            options["verify_fields"] = dict(fields)
+    return options
+
+
 def parse_mapping(name: str, data: object, source: str) -> Mapping:
     """Validate one mapping's data (as YAML gives it). Raises ConfigError listing every problem."""
     problems = _Problems(source)
@@ -389,10 +410,7 @@ def parse_mapping(name: str, data: object, source: str) -> Mapping:
     if "unmapped" in data:
         options["unmapped"] = _choice(problems, "unmapped", data["unmapped"], ("ignore", "error"))
     if "verify" in data:
-        if isinstance(data["verify"], bool):
-            options["verify"] = data["verify"]
-        else:
-            problems.add("verify", f"must be true or false, got {_type_name(data['verify'])}")
+        options.update(parse_verify(problems, data["verify"]))
     if "batch_rows" in data:
         rows = data["batch_rows"]
         if isinstance(rows, int) and not isinstance(rows, bool) and 1 <= rows <= MAX_BATCH_ROWS:
