@@ -19,6 +19,7 @@ readonly VENV=$PREFIX/venv
 readonly ETC=/etc/importer
 readonly INBOX_ROOT=/srv/importer
 readonly INBOX=$INBOX_ROOT/inbox
+readonly OUTBOX=$INBOX_ROOT/outbox
 readonly UNIT=/etc/systemd/system/importer.service
 readonly SERVICE_USER=importer
 readonly DROP_GROUP=importer-drop
@@ -106,6 +107,22 @@ else
   fi
 fi
 
+step "outbox: $OUTBOX"
+# --- outbox (tests/test_deploy.py runs this block on its own) ---
+if [ -e "$OUTBOX" ]; then
+  echo "    kept $OUTBOX as it is (owner, mode, mount)"
+else
+  # The service writes, the drop group reads, nobody else. setgid: what the service writes
+  # belongs to the drop group; the default ACL keeps it group-readable whatever wrote it.
+  install -d -m 2750 -o "$SERVICE_USER" -g "$DROP_GROUP" "$OUTBOX"
+  if command -v setfacl >/dev/null; then
+    setfacl -m "d:u::rwX,d:g::rX,d:g:$DROP_GROUP:rX,d:o::-,d:m:rX" "$OUTBOX"
+  else
+    echo "    note: setfacl not found; the service writes its answers 0640 with the drop group anyway"
+  fi
+fi
+# --- end outbox ---
+
 step "secret: $ETC/$credential"
 secret_file=$ETC/$credential
 if [ -s "$secret_file" ]; then
@@ -156,6 +173,7 @@ Installed. Next steps:
          $VENV/bin/importer check --config $ETC/importer.toml --remote
   4. Start it now and at every boot:   systemctl enable --now importer
      Follow it:                         journalctl -u importer -f
-  5. Let people drop files:            usermod -a -G $DROP_GROUP <user>   (then into $INBOX)
+  5. Let people drop files:            usermod -a -G $DROP_GROUP <user>   (then into $INBOX;
+                                       their answers come back in $OUTBOX)
      Another drop folder (a share)?    systemctl edit importer  ->  ReadWritePaths=/that/folder
 EOF

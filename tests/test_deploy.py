@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
+import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -72,7 +75,6 @@ def _one(unit: dict[str, list[tuple[str, str]]], section: str, key: str) -> str:
         ("StateDirectoryMode", "0700"),
         ("UMask", "0077"),
         ("ProtectSystem", "strict"),
-        ("ReadWritePaths", "/srv/importer/inbox"),
         ("ProtectHome", "true"),
         ("PrivateTmp", "true"),
         ("PrivateDevices", "true"),
@@ -107,6 +109,13 @@ def test_unit_secrets_come_as_credentials_not_environment(unit: dict[str, list[t
     assert "IMPORTER_PATHS__STATE=/var/lib/importer" in _values(unit, "Service", "Environment")
 
 
+def test_unit_may_write_only_the_inbox_and_the_outbox_besides_its_state(
+    unit: dict[str, list[tuple[str, str]]],
+) -> None:
+    assert _values(unit, "Service", "ReadWritePaths") == ["/srv/importer/inbox", "/srv/importer/outbox"]
+    assert "/srv/importer/outbox" in _one(unit, "Unit", "RequiresMountsFor").split()
+
+
 def test_unit_filters_system_calls_and_installs_for_boot(unit: dict[str, list[tuple[str, str]]]) -> None:
     assert "@system-service" in _values(unit, "Service", "SystemCallFilter")
     assert _one(unit, "Install", "WantedBy") == "multi-user.target"
@@ -116,7 +125,8 @@ def test_unit_filters_system_calls_and_installs_for_boot(unit: dict[str, list[tu
 def test_unit_paths_agree_with_the_example_config() -> None:
     config = tomllib.loads((DEPLOY / "importer.toml").read_text(encoding="utf-8"))
     unit_text = UNIT.read_text(encoding="utf-8")
-    assert f"ReadWritePaths={config['paths']['inbox']}" in unit_text
+    assert f"ReadWritePaths={config['paths']['inbox']}\n" in unit_text
+    assert f"ReadWritePaths={config['paths']['outbox']}\n" in unit_text
     assert config["paths"]["state"] == "/var/lib/importer"  # StateDirectory=importer
     assert config["paths"]["ledger"] == "sqlite:////var/lib/importer/ledger.db"
 
@@ -138,6 +148,8 @@ def test_example_config_is_valid_and_holds_no_secret(tmp_path: Path) -> None:
     assert str(config.paths.inbox) == "/srv/importer/inbox"
     assert str(config.paths.mappings) == "/etc/importer/mappings"
     assert str(config.paths.state) == "/var/lib/importer"
+    assert config.paths.outbox_dir == Path("/srv/importer/outbox")
+    assert not config.notify.enabled  # the [notify] example is commented out
 
 
 # --- systemd-analyze verify ------------------------------------------------------------------------
@@ -225,7 +237,21 @@ def test_install_script_is_shellcheck_clean() -> None:
 
 
 def test_install_script_refuses_to_run_without_root() -> None:
-    command = ["bash", str(INSTALL)]
+    # Run a copy in a folder anyone may read: the checkout itself may sit in a private folder
+    # (/root/x, a 0700 home), where the user we switch to could not even open the script.
+    folder = Path(tempfile.mkdtemp(prefix="importer-install-"))
+    try:
+        folder.chmod(0o755)
+        script = folder / "install.sh"
+        shutil.copyfile(INSTALL, script)
+        script.chmod(0o644)
+        _run_install_unprivileged(script)
+    finally:
+        shutil.rmtree(folder)
+
+
+def _run_install_unprivileged(script: Path) -> None:
+    command = ["bash", str(script)]
     if os.geteuid() == 0:
         # As root the script would really install: run it as nobody instead.
         setpriv = shutil.which("setpriv")
@@ -251,10 +277,72 @@ def test_install_script_puts_things_where_the_unit_looks(unit: dict[str, list[tu
     paths = _script_constants()
     assert _one(unit, "Service", "ExecStart").split()[0] == paths["VENV"] + "/bin/importer"
     assert f"--config {paths['ETC']}/importer.toml" in _one(unit, "Service", "ExecStart")
-    assert _one(unit, "Service", "ReadWritePaths") == paths["INBOX"]
+    assert _values(unit, "Service", "ReadWritePaths") == [paths["INBOX"], paths["OUTBOX"]]
     assert f"servicenow-password:{paths['ETC']}/servicenow-password" in _values(
         unit, "Service", "LoadCredential"
     )
     assert _one(unit, "Service", "User") == paths["SERVICE_USER"]
     assert _one(unit, "Service", "SupplementaryGroups") == paths["DROP_GROUP"]
     assert paths["UNIT"] == "/etc/systemd/system/importer.service"
+
+
+def _shell_block(name: str) -> str:
+    text = INSTALL.read_text(encoding="utf-8")
+    found = re.search(rf"^# --- {name} .*?---\n(.*?)^# --- end {name} ---$", text, re.S | re.M)
+    assert found, f"install.sh has no '# --- {name}' block"
+    return found.group(1)
+
+
+def test_install_script_makes_an_outbox_the_drop_group_can_read_and_nobody_else(tmp_path: Path) -> None:
+    """The script's outbox block, run on its own (with this test's user and group standing in for
+    importer and importer-drop), then an answer written there the way the service writes it."""
+    if shutil.which("setfacl") is None or shutil.which("getfacl") is None:
+        pytest.skip("setfacl/getfacl are not installed (apt-get install acl): the outbox ACL is NOT tested")
+    outbox = tmp_path / "srv" / "outbox"
+    outbox.parent.mkdir()
+    user, group = os.getuid(), os.getgid()
+    script = f"set -euo pipefail\nSERVICE_USER={user} DROP_GROUP={group} OUTBOX={outbox}\n" + _shell_block(
+        "outbox"
+    )
+    for _ in range(2):  # safe to run again: the second run keeps it as it is
+        result = subprocess.run(
+            ["bash", "-c", script], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert result.returncode == 0, result.stderr
+    assert "kept" in result.stdout
+
+    st = outbox.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o2750 and (st.st_uid, st.st_gid) == (user, group)
+    acl = subprocess.run(["getfacl", "-p", str(outbox)], capture_output=True, text=True, check=True).stdout
+    assert f"default:group:{group}:r-x" in acl or f"default:group:{_group_name(group)}:r-x" in acl, acl
+    assert "default:other::---" in acl, acl
+
+    # The service writes with umask 0077; the answer is still the drop group's to read.
+    written = subprocess.run(
+        [sys.executable, "-c", _WRITE_AS_THE_SERVICE, str(outbox)], capture_output=True, text=True, timeout=30
+    )
+    assert written.returncode == 0, written.stderr
+    for path in (outbox / "hr" / "1-x.csv.report.html", outbox / "hr"):
+        assert path.stat().st_gid == group, path
+    assert stat.S_IMODE((outbox / "hr" / "1-x.csv.report.html").stat().st_mode) == 0o640
+    assert stat.S_IMODE((outbox / "hr").stat().st_mode) == 0o2750
+
+
+_WRITE_AS_THE_SERVICE = """
+import os, sys
+from pathlib import Path
+from importer.outbox import Outbox, write_answer
+os.umask(0o077)
+outbox = Outbox(Path(sys.argv[1]))
+outbox._ensure_folder(outbox.root / "hr")
+write_answer(outbox.root / "hr" / "1-x.csv.report.html", lambda out: out.write(b"<p>ok</p>"))
+"""
+
+
+def _group_name(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
