@@ -222,6 +222,9 @@ class Answers:
                 mapping=mappings.get(record.mapping or ""),
                 source=source if source.is_file() else None,
                 csv_name=f"{record.id}-{safe_name(record.name)}.report.csv",
+                # Hook for `importer verify` (a mapping's `verify: true`): pass its differences
+                # as read_back=... to show them on the page; not wired while verify does not exist.
+                read_back=None,
             )
         answer = None
         if self.outbox is not None and html is not None:

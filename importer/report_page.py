@@ -10,6 +10,7 @@ points to the CSV report, which has every row.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -154,10 +155,13 @@ def render_report(
     source: Path | None,
     csv_name: str,
     row_cap: int = ROW_CAP,
+    read_back: Iterable[Mapping[str, Any]] | None = None,
 ) -> str:
     """The page for one finished file. ``entries``: the ledger's report lines, in file order
     (streamed: only what is shown is kept); ``source``: the file as dropped, read again for the
-    key values of the rows that need a person."""
+    key values of the rows that need a person. ``read_back``: the differences ``importer verify``
+    found (its ``--json`` entries: source_row, target_table, target_sys_id, field, sent, found),
+    shown in their own section; None when the file was not verified."""
     attention: list[ShownRow] = []
     rest: list[ShownRow] = []
     attention_total = rest_total = 0
@@ -200,6 +204,7 @@ def render_report(
         key_names=key_names,
         csv_name=csv_name,
         row_cap=row_cap,
+        read_back=list(itertools.islice(read_back, row_cap)) if read_back is not None else None,
         when=_when,
     )
 

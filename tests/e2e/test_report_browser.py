@@ -137,3 +137,25 @@ def test_the_page_stays_small_at_100_000_rows_and_points_to_the_csv() -> None:
     assert "9-hr_users-big.csv.report.csv" in page
     # The messages that need a person are summarised whatever their number.
     assert re.search(r'<td class="num">20000</td><td class="message">\(no message\)</td>', page)
+
+
+def test_the_page_shows_what_verify_read_back_when_given() -> None:
+    summary = ReportSummary(file_id=3, name="x.csv", mapping="m", state="done", rows={"inserted": 1})
+    entries = [{"source_row": 2, "state": "inserted", "message": "", "display_value": "Ada"}]
+    differences = [
+        {
+            "source_row": 2,
+            "target_table": "sys_user",
+            "target_sys_id": "abc",
+            "field": "title",
+            "sent": "Principal <Engineer>",
+            "found": "Principal",
+        }
+    ]
+    page = render_report(
+        summary, entries, mapping=None, source=None, csv_name="3-x.csv.report.csv", read_back=differences
+    )
+    assert "Read back from ServiceNow (1 differences)" in page
+    assert "Principal &lt;Engineer&gt;" in page
+    unverified = render_report(summary, entries, mapping=None, source=None, csv_name="3-x.csv.report.csv")
+    assert "Read back" not in unverified
