@@ -10,19 +10,26 @@ from importer.config import Config
 from importer.errors import InputFileError
 from importer.mapping import Mapping, find_mapping
 from importer.pipeline import translated_rows, unknown_staging_keys
+from importer.readers.options import ReadLimits
 
 Echo = Callable[[str], None]
 SHOWN = 10
 
 
-def check_file(mappings: dict[str, Mapping], path: Path, explicit: str | None, echo: Echo) -> int:
+def check_file(
+    mappings: dict[str, Mapping],
+    path: Path,
+    explicit: str | None,
+    echo: Echo,
+    limits: ReadLimits | None = None,
+) -> int:
     """Read and translate every row without sending anything. Exit 2: refused; 3: invalid rows."""
     if not path.is_file():
         raise InputFileError(f"{path}: no such file")
     mapping = find_mapping(mappings, PurePosixPath(path.name), explicit)
     valid = invalid = 0
     example: dict[str, str] | None = None
-    for translated in translated_rows(path, mapping):
+    for translated in translated_rows(path, mapping, limits=limits):
         if translated.problem is not None:
             invalid += 1
             if invalid <= SHOWN:

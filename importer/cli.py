@@ -385,9 +385,13 @@ def check(state: State, file_path: Path | None, mapping: str | None, remote: boo
         f"config ok ({config.source or 'built-in defaults'}); {len(mappings)} mappings ok: "
         f"{', '.join(sorted(mappings))}"
     )
+    from importer.mapping import pattern_warnings
+
+    for warning in (w for m in sorted(mappings) for w in pattern_warnings(mappings[m])):
+        click.echo(f"warning: {warning}")
     code = EXIT_OK
     if file_path is not None:
-        code = max(code, check_file(mappings, file_path, mapping, click.echo))
+        code = max(code, check_file(mappings, file_path, mapping, click.echo, config.limits.read_limits()))
     if remote:
         code = max(code, check_remote(config, mappings, click.echo))
     return code

@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from importer.errors import ConfigError
+from importer.readers.options import ReadLimits
 
 ENV_PREFIX = "IMPORTER_"
 ENV_CONFIG_PATH = "IMPORTER_CONFIG"
@@ -253,6 +254,22 @@ class NotifyConfig(_Section):
         return _read_secret_file(self.smtp_password_file) if self.smtp_password_file else None
 
 
+class LimitsConfig(_Section):
+    """What one input may cost (see ``importer.readers.options.ReadLimits``)."""
+
+    max_cell_chars: int = Field(default=32_767, ge=1, le=10_000_000)
+    max_json_depth: int = Field(default=32, ge=2, le=1000)
+    max_number_digits: int = Field(default=40, ge=1, le=10_000)
+    xlsx_max_uncompressed_mb: int = Field(default=1024, ge=1)
+    xlsx_max_ratio: int = Field(default=100, ge=2)
+    reader_memory_mb: int = Field(default=1024, ge=128)
+    read_stall_s: float = Field(default=120.0, gt=0)
+    pattern_timeout_s: float = Field(default=0.25, gt=0, le=60)
+
+    def read_limits(self) -> ReadLimits:
+        return ReadLimits(**self.model_dump())
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -260,6 +277,7 @@ class Config(BaseModel):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     source: Path | None = None  # the config file loaded, None when every default applies
 
 
@@ -268,6 +286,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "paths": PathsConfig,
     "daemon": DaemonConfig,
     "notify": NotifyConfig,
+    "limits": LimitsConfig,
 }
 _SECRET_KEYS = {
     ("instance", "password"),
@@ -317,9 +336,11 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         problems.extend(section_problems)
 
     instance, paths, daemon = sections["instance"], sections["paths"], sections["daemon"]
+    limits = sections["limits"]
     assert isinstance(instance, InstanceConfig)
     assert isinstance(paths, PathsConfig)
     assert isinstance(daemon, DaemonConfig)
+    assert isinstance(limits, LimitsConfig)
     instance, secret_problems = _resolve_secrets(instance, env, where)
     problems.extend(secret_problems)
     problems.extend(_cross_check_instance(instance, where))
@@ -330,7 +351,9 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
 
     if problems:
         raise ConfigError(problems[0], problems=problems, path=str(config_path) if config_path else None)
-    return Config(instance=instance, paths=paths, daemon=daemon, notify=notify, source=config_path)
+    return Config(
+        instance=instance, paths=paths, daemon=daemon, notify=notify, limits=limits, source=config_path
+    )
 
 
 def _find_config_file(path: Path | None, env: Mapping[str, str]) -> Path | None:

@@ -14,12 +14,14 @@ import difflib
 import fnmatch
 import functools
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePath
 from typing import Any, Literal
 
+import regex
 import yaml
 
 from importer.errors import ConfigError, InputFileError
@@ -35,7 +37,7 @@ _TIME_DIRECTIVES = set("HMSIpcX")
 
 _TOP_KEYS = (
     "kind", "staging_table", "match", "key_by", "after", "batch_rows", "on_invalid_row",
-    "unmapped", "csv", "excel", "json", "columns", "constants", "verify",
+    "unmapped", "csv", "excel", "json", "columns", "constants", "verify", "control_chars",
 )  # fmt: skip
 KINDS = ("import_set", "app_service")
 _COLUMN_KEYS = ("to", "required", "strip", "lower", "pattern", "date", "default")
@@ -43,6 +45,15 @@ _CSV_KEYS = ("delimiter", "encoding", "quotechar")
 _EXCEL_KEYS = ("sheet", "header_row")
 _JSON_KEYS = ("records",)
 MAX_BATCH_ROWS = 10_000
+# One pattern against one cell may take this long (``[limits] pattern_timeout_s`` in the daemon).
+PATTERN_TIMEOUT_S = 0.25
+# Control characters a text field must not carry: C0 and C1 controls, DEL; tab, LF and CR are text.
+_CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# A group holding a quantifier, itself quantified: (a+)+, (\w*\s?)*, (x{2,})+ ... backtracks exponentially.
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*(?:[+*]|\{\d*,?\d*\})\)(?:[+*]|\{\d*,\d*\})")
+# YAML: a mapping file bigger than this, or using more aliases, is refused unread (no alias bomb).
+MAX_MAPPING_BYTES = 1024 * 1024
+MAX_YAML_ALIASES = 20
 
 
 @dataclass(frozen=True)
@@ -52,7 +63,7 @@ class ColumnSpec:
     required: bool = False
     strip: bool = False
     lower: bool = False
-    pattern: re.Pattern[str] | None = None
+    pattern: Any = None  # a compiled ``regex`` pattern (matched under a time bound)
     date: str | None = None  # strptime format; the value is sent as yyyy-MM-dd[ HH:mm:ss]
     default: str | None = None  # used when the cell is empty
 
@@ -84,6 +95,7 @@ class Mapping:
     batch_rows: int = 500
     on_invalid_row: Literal["skip", "reject_file"] = "skip"
     unmapped: Literal["ignore", "error"] = "ignore"
+    control_chars: Literal["reject", "strip"] = "reject"
     csv: CsvOptions = field(default_factory=CsvOptions)
     excel: ExcelOptions = field(default_factory=ExcelOptions)
     json: JsonOptions = field(default_factory=JsonOptions)
@@ -164,6 +176,12 @@ def _check_keys(problems: _Problems, where: str, data: dict[Any, Any], allowed: 
             )
 
 
+def _shown(value: object, limit: int = 60) -> str:
+    """A value for a message, never longer than ``limit``: an alias-built structure stays small."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _type_name(value: object) -> str:
     if value is None:
         return "nothing"
@@ -183,7 +201,7 @@ def _text(problems: _Problems, where: str, value: object) -> str | None:
 def _flag(problems: _Problems, where: str, value: object) -> bool:
     if isinstance(value, bool):
         return value
-    problems.add(where, f"must be true or false, got {value!r}")
+    problems.add(where, f"must be true or false, got {_shown(value)}")
     return False
 
 
@@ -191,7 +209,8 @@ def _choice(problems: _Problems, where: str, value: object, choices: tuple[str, 
     if isinstance(value, str) and value in choices:
         return value
     problems.add(
-        where, f"must be one of {', '.join(choices)}; got {value!r}{_did_you_mean(str(value), choices)}"
+        where,
+        f"must be one of {', '.join(choices)}; got {_shown(value)}{_did_you_mean(str(value)[:100], choices)}",
     )
     return choices[0]
 
@@ -206,7 +225,7 @@ def _text_list(problems: _Problems, where: str, value: object) -> tuple[str, ...
         if isinstance(item, str) and item.strip():
             result.append(item.strip())
         else:
-            problems.add(f"{where}[{index}]", f"must be non-empty text, got {item!r}")
+            problems.add(f"{where}[{index}]", f"must be non-empty text, got {_shown(item)}")
     return tuple(result)
 
 
@@ -272,8 +291,8 @@ def _parse_column(problems: _Problems, header: object, spec: object) -> ColumnSp
         text = _text(problems, f"{where}.pattern", spec["pattern"])
         if text is not None:
             try:
-                pattern = re.compile(text)
-            except re.error as exc:
+                pattern = regex.compile(text)
+            except (regex.error, re.error) as exc:
                 problems.add(f"{where}.pattern", f"invalid regular expression {text!r}: {exc}")
     date = None
     if "date" in spec:
@@ -323,13 +342,13 @@ def _parse_excel(problems: _Problems, value: object) -> ExcelOptions:
             else:
                 options["sheet"] = sheet
         else:
-            problems.add("excel.sheet", f"must be a sheet name or a 0-based index, got {sheet!r}")
+            problems.add("excel.sheet", f"must be a sheet name or a 0-based index, got {_shown(sheet)}")
     if "header_row" in data:
         row = data["header_row"]
         if isinstance(row, int) and not isinstance(row, bool) and row >= 1:
             options["header_row"] = row
         else:
-            problems.add("excel.header_row", f"must be a row number from 1, got {row!r}")
+            problems.add("excel.header_row", f"must be a row number from 1, got {_shown(row)}")
     return ExcelOptions(**options)
 
 
@@ -411,12 +430,18 @@ def parse_mapping(name: str, data: object, source: str) -> Mapping:
         options["unmapped"] = _choice(problems, "unmapped", data["unmapped"], ("ignore", "error"))
     if "verify" in data:
         options.update(parse_verify(problems, data["verify"]))
+    if "control_chars" in data:
+        options["control_chars"] = _choice(
+            problems, "control_chars", data["control_chars"], ("reject", "strip")
+        )
     if "batch_rows" in data:
         rows = data["batch_rows"]
         if isinstance(rows, int) and not isinstance(rows, bool) and 1 <= rows <= MAX_BATCH_ROWS:
             options["batch_rows"] = rows
         else:
-            problems.add("batch_rows", f"must be a whole number from 1 to {MAX_BATCH_ROWS:_}, got {rows!r}")
+            problems.add(
+                "batch_rows", f"must be a whole number from 1 to {MAX_BATCH_ROWS:_}, got {_shown(rows)}"
+            )
 
     columns: list[ColumnSpec] = []
     raw_columns = data.get("columns")
@@ -488,7 +513,24 @@ def parse_mapping(name: str, data: object, source: str) -> Mapping:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """A YAML loader that refuses duplicate keys: a header listed twice would otherwise vanish."""
+    """A YAML loader that refuses duplicate keys (a header listed twice would otherwise vanish)
+    and more than a few aliases: k aliases can build a structure of k**(k/levels) nodes (the
+    "billion laughs"), and a mapping file needs none."""
+
+    _aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"more than {MAX_YAML_ALIASES} aliases (*name); write the values out instead",
+                    event.start_mark,
+                )
+        return super().compose_node(parent, index)
 
 
 def _construct_mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -511,6 +553,11 @@ _StrictLoader.add_constructor(
 
 def _read_yaml(path: Path) -> object:
     try:
+        size = path.stat().st_size
+        if size > MAX_MAPPING_BYTES:
+            raise ConfigError(
+                f"{path}: the mapping file is {size:,} bytes; a mapping is at most {MAX_MAPPING_BYTES:,}"
+            )
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the mapping file: {exc.strerror or exc}") from exc
@@ -718,7 +765,30 @@ def _to_iso(value: str, fmt: str, has_time: bool) -> str | None:
     return f"{day} {parsed.hour:02d}:{parsed.minute:02d}:{parsed.second:02d}" if has_time else day
 
 
-def translate_row(mapping: Mapping, row: SourceRow) -> TranslatedRow:
+def pattern_warnings(mapping: Mapping) -> list[str]:
+    """Patterns that can backtrack exponentially (a quantified group holding a quantifier): they
+    are matched under a time bound, but a row that hits it is invalid, so say so up front."""
+    return [
+        f"{mapping.source}: columns.{c.source}.pattern {c.pattern.pattern!r} nests quantifiers "
+        "(like (a+)+); it can take exponential time on some values and such rows end invalid "
+        "(pattern timeout). Write it without the nested repetition, e.g. ^a+$ for ^(a+)+$"
+        for c in mapping.columns
+        if c.pattern is not None and _NESTED_QUANTIFIER.search(c.pattern.pattern)
+    ]
+
+
+def _control_char_problem(source: str, value: str, found: re.Match[str]) -> str:
+    char = found.group()
+    name = unicodedata.name(char, "") or {"\x00": "NUL"}.get(char, "control character")
+    return (
+        f"{source!r} holds a control character (U+{ord(char):04X} {name}) at position "
+        f"{found.start() + 1}; remove it from the file, or set control_chars: strip in the mapping"
+    )
+
+
+def translate_row(
+    mapping: Mapping, row: SourceRow, *, pattern_timeout_s: float = PATTERN_TIMEOUT_S
+) -> TranslatedRow:
     """One source row -> the record sent to the staging table, or the reason it is invalid."""
     if row.problem is not None:
         return TranslatedRow(row.number, None, row.problem)
@@ -732,6 +802,11 @@ def translate_row(mapping: Mapping, row: SourceRow) -> TranslatedRow:
                 problems.append(f"{col.source!r} is required but missing")
                 continue
             value = ""
+        if (control := _CONTROL_CHARS.search(value)) is not None:
+            if mapping.control_chars == "reject":
+                problems.append(_control_char_problem(col.source, value, control))
+                continue
+            value = _CONTROL_CHARS.sub("", value)
         if col.strip:
             value = value.strip()
         if not value and col.default is not None:
@@ -743,11 +818,21 @@ def translate_row(mapping: Mapping, row: SourceRow) -> TranslatedRow:
                 problems.append(f"{col.source!r} is required but empty")
             record[col.to] = ""
             continue
-        if col.search is not None and col.search(value) is None:
-            problems.append(
-                f"{col.source!r} value {_short(value)!r} does not match pattern {col.pattern_text}"
-            )
-            continue
+        if col.search is not None:
+            try:
+                matched = col.search(value, timeout=pattern_timeout_s)
+            except TimeoutError:
+                problems.append(
+                    f"{col.source!r}: pattern {col.pattern_text} took more than {pattern_timeout_s:g} s "
+                    f"on value {_short(value)!r} ([limits] pattern_timeout_s); simplify the pattern "
+                    "(nested quantifiers like (a+)+ backtrack without end)"
+                )
+                continue
+            if matched is None:
+                problems.append(
+                    f"{col.source!r} value {_short(value)!r} does not match pattern {col.pattern_text}"
+                )
+                continue
         if col.date is not None:
             iso = _to_iso(value, col.date, col.date_has_time)
             if iso is None:

@@ -33,6 +33,7 @@ from importer.errors import (
     RequestTooLarge,
     TransientError,
 )
+from importer.isolated import isolated_rows
 from importer.ledger import (
     REPORT_COLUMNS,
     BatchRecord,
@@ -48,13 +49,11 @@ from importer.mapping import (
     Mapping,
     TranslatedRow,
     chain_groups,
-    check_headers,
     find_mapping,
-    translate_row,
 )
 from importer.notifications import Notifier
 from importer.outbox import Answers
-from importer.readers import open_source
+from importer.readers.options import ReadLimits
 from importer.servicenow import InstanceClient
 
 log = logging.getLogger("importer.pipeline")
@@ -121,18 +120,22 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
-def translated_rows(path: Path, mapping: Mapping, name: str | None = None) -> Iterator[TranslatedRow]:
-    """Every row of a file through its mapping, headers checked first (InputFileError if wrong).
+def translated_rows(
+    path: Path,
+    mapping: Mapping,
+    name: str | None = None,
+    *,
+    limits: ReadLimits | None = None,
+    stop_event: threading.Event | None = None,
+) -> Iterator[TranslatedRow]:
+    """Every row of a file through its mapping, headers checked first (InputFileError if wrong),
+    read in a child process that can be abandoned (importer.isolated).
 
     ``name``: the name the file was dropped with, for messages (``path`` may be the copy in
     processing/, whose name carries a time stamp the person never saw).
     """
     try:
-        with open_source(path, csv=mapping.csv, excel=mapping.excel, json=mapping.json) as source:
-            if source.headers is not None:
-                check_headers(mapping, source.headers)
-            for row in source:
-                yield translate_row(mapping, row)
+        yield from isolated_rows(path, mapping, limits or ReadLimits(), stop_event)
     except InputFileError as exc:
         if name is None or name == path.name:
             raise
@@ -442,6 +445,13 @@ class Importer:
                 self.ledger.set_file_path(file_id, str(moved))
         self.answers.file_refused(file_id)
 
+    def _translated_rows(
+        self, path: Path, mapping: Mapping, name: str | None = None
+    ) -> Iterator[TranslatedRow]:
+        return translated_rows(
+            path, mapping, name, limits=self.config.limits.read_limits(), stop_event=self.stop_event
+        )
+
     def _rows_to_send(self, file_id: int, mapping: Mapping) -> Iterator[TranslatedRow]:
         """Translated rows of the file not yet in the ledger; invalid ones are recorded as met."""
         record = self.ledger.get_file(file_id)
@@ -451,7 +461,7 @@ class Importer:
         if record.rerun_of is not None and record.rerun_scope == "failed":
             only = self.ledger.failed_source_rows(record.rerun_of)
         invalid: list[tuple[int, str]] = []
-        for translated in translated_rows(Path(record.path), mapping, record.name):
+        for translated in self._translated_rows(Path(record.path), mapping, record.name):
             if translated.number in known or (only is not None and translated.number not in only):
                 continue
             if translated.problem is not None:
@@ -467,7 +477,7 @@ class Importer:
         record = self.ledger.get_file(file_id)
         assert record is not None
         found: list[str] = []
-        for translated in translated_rows(Path(record.path), mapping, record.name):
+        for translated in self._translated_rows(Path(record.path), mapping, record.name):
             if translated.problem is not None:
                 found.append(f"row {translated.number}: {translated.problem}")
                 if len(found) >= limit:
@@ -695,7 +705,9 @@ class Importer:
     def _source_row(self, file_id: int, mapping: Mapping, number: int) -> TranslatedRow | None:
         record = self.ledger.get_file(file_id)
         assert record is not None
-        return next((r for r in translated_rows(Path(record.path), mapping) if r.number == number), None)
+        return next(
+            (r for r in self._translated_rows(Path(record.path), mapping) if r.number == number), None
+        )
 
     def find_posted_import_set(
         self, staging_table: str, batch: BatchRecord, first_record: dict[str, str] | None

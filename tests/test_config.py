@@ -186,7 +186,7 @@ def test_env_errors_name_the_variable() -> None:
         )
     assert problems_of(excinfo) == [
         "IMPORTER_DEAMON__SETTLE_S (environment): unknown section 'deamon' (sections: instance, paths, "
-        "daemon, notify); did you mean IMPORTER_DAEMON__SETTLE_S?",
+        "daemon, notify, limits); did you mean IMPORTER_DAEMON__SETTLE_S?",
         "IMPORTER_INSTANCE__TIMEOUT (environment): unknown key instance.timeout; "
         "did you mean IMPORTER_INSTANCE__TIMEOUT_S?",
         "IMPORTER_INSTANCE__TIMEOUT_S (environment): must be greater than 0, got '-1'",

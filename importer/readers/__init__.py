@@ -19,7 +19,7 @@ from importer.readers.base import SourceRow
 from importer.readers.csv import CsvSource
 from importer.readers.excel import ExcelSource
 from importer.readers.json import JsonSource
-from importer.readers.options import CsvOptions, ExcelOptions, JsonOptions
+from importer.readers.options import CsvOptions, ExcelOptions, JsonOptions, ReadLimits
 
 CSV_SUFFIXES = {".csv": None, ".txt": None, ".tsv": "\t"}  # suffix -> delimiter when not declared
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")
@@ -31,6 +31,7 @@ __all__ = [
     "CsvOptions",
     "ExcelOptions",
     "JsonOptions",
+    "ReadLimits",
     "RowSource",
     "SourceRow",
     "open_source",
@@ -42,16 +43,17 @@ def open_source(
     csv: CsvOptions = CsvOptions(),  # noqa: B008 - frozen dataclasses, safe as defaults
     excel: ExcelOptions = ExcelOptions(),  # noqa: B008
     json: JsonOptions = JsonOptions(),  # noqa: B008
+    limits: ReadLimits = ReadLimits(),  # noqa: B008
 ) -> RowSource:
     """Open ``path`` for reading rows; use it as a context manager so the file is closed."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in CSV_SUFFIXES:
-        return CsvSource(path, csv, default_delimiter=CSV_SUFFIXES[suffix])
+        return CsvSource(path, csv, default_delimiter=CSV_SUFFIXES[suffix], limits=limits)
     if suffix in EXCEL_SUFFIXES:
-        return ExcelSource(path, excel)
+        return ExcelSource(path, excel, limits=limits)
     if suffix in JSON_SUFFIXES:
-        return JsonSource(path, json)
+        return JsonSource(path, json, limits=limits)
     supported = ", ".join(SUPPORTED_SUFFIXES)
     if suffix == ".xls":
         message = f"{path.name}: old .xls workbooks cannot be read: open it in Excel and save it as .xlsx."

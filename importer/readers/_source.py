@@ -90,6 +90,17 @@ class HeaderLayout:
         return [i for i, v in enumerate(cells) if v != "" and (i < first or i > last)]
 
 
+def oversize_cell_problem(values: dict[str, str], max_chars: int) -> str | None:
+    """The first value longer than the cell limit, named, or None."""
+    for name, value in values.items():
+        if len(value) > max_chars:
+            return (
+                f"{name!r} holds {len(value):,} characters, more than the cell limit of {max_chars:,} "
+                "([limits] max_cell_chars): shorten the value, or raise the limit"
+            )
+    return None
+
+
 def clean_header(text: str) -> str:
     # A BOM is removed wherever it shows up: a file re-saved by tools that each added one.
     return text.replace("\ufeff", "").strip()

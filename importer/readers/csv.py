@@ -14,9 +14,15 @@ from pathlib import Path
 from typing import IO
 
 from importer.errors import InputFileError
-from importer.readers._source import HeaderLayout, RowSource, header_layout, stray_cells_problem
+from importer.readers._source import (
+    HeaderLayout,
+    RowSource,
+    header_layout,
+    oversize_cell_problem,
+    stray_cells_problem,
+)
 from importer.readers.base import SourceRow
-from importer.readers.options import CsvOptions
+from importer.readers.options import CsvOptions, ReadLimits
 
 SNIFF_BYTES = 16 * 1024
 SNIFF_DELIMITERS = ",;\t|"
@@ -27,9 +33,18 @@ UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 class CsvSource(RowSource):
     kind = "csv"
 
-    def __init__(self, path: Path, options: CsvOptions, default_delimiter: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        options: CsvOptions,
+        default_delimiter: str | None = None,
+        limits: ReadLimits = ReadLimits(),  # noqa: B008
+    ) -> None:
         self.path = path
         self._options = options
+        self._limits = limits
+        # Process-wide in the csv module; the reading process is the daemon's child (isolated.py).
+        csv.field_size_limit(limits.csv_field_limit)
         self._encoding = self._choose_encoding(options.encoding)
         try:
             self._file: IO[str] = open(path, encoding=self._encoding, newline="", errors="strict")  # noqa: SIM115
@@ -66,7 +81,11 @@ class CsvSource(RowSource):
             problem = None
             if stray := layout.stray_cells(record):
                 problem = stray_cells_problem(number, stray, layout, "csv")
-            yield SourceRow(number, layout.row_values(record), problem)
+            values = layout.row_values(record)
+            if problem is None and (too_long := oversize_cell_problem(values, self._limits.max_cell_chars)):
+                yield SourceRow(number, {}, f"row {number}: {too_long}")
+                continue
+            yield SourceRow(number, values, problem)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -131,7 +150,14 @@ class CsvSource(RowSource):
     def _csv_error(self, exc: csv.Error) -> InputFileError:
         row = self._number + 1
         text = str(exc)
-        if "field larger than field limit" in text or "unexpected end of data" in text:
+        if "field larger than field limit" in text and not self._file_has_quotechar():
+            hint = (
+                f"a cell on row {row} is longer than {self._limits.csv_field_limit:,} characters, "
+                f"far beyond the cell limit of {self._limits.max_cell_chars:,} ([limits] max_cell_chars): "
+                "check the delimiter (a file read with the wrong one is one long cell per line) "
+                "or shorten the value"
+            )
+        elif "field larger than field limit" in text or "unexpected end of data" in text:
             hint = (
                 f"a quoted field starting on row {row} is never closed: check the quotes "
                 f"(a field holding {self._options.quotechar} must be quoted and the "
@@ -157,6 +183,20 @@ class CsvSource(RowSource):
             line=line,
             byte=offset,
         )
+
+    def _file_has_quotechar(self) -> bool:
+        """Only on the field-limit error path: is there any quote at all (else no field is open)?"""
+        quote = self._options.quotechar.encode(self._encoding.replace("-sig", ""), errors="ignore")
+        if not quote:
+            return True
+        try:
+            with open(self.path, "rb") as f:
+                while chunk := f.read(1024 * 1024):
+                    if quote in chunk:
+                        return True
+        except OSError:
+            return True
+        return False
 
     def _first_bytes(self) -> bytes:
         try:

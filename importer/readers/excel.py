@@ -18,34 +18,46 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import zipfile
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import openpyxl
+from defusedxml import DefusedXmlException
 
 from importer.readers._source import (
     HeaderLayout,
     RowSource,
     header_layout,
+    oversize_cell_problem,
     stray_cells_problem,
 )
 from importer.readers.base import SourceRow
-from importer.readers.options import ExcelOptions
+from importer.readers.options import ExcelOptions, ReadLimits
 
+OLE_MAGIC = bytes.fromhex("d0cf11e0a1b11ae1")  # an OLE2 compound file: encrypted .xlsx or old .xls
+RATIO_CHECK_BYTES = 10 * 1024 * 1024  # parts smaller than this may compress as well as they like
 CORRUPT_HINT = "open it in Excel and save it again as .xlsx (a password-protected workbook cannot be read)"
 
 
 class ExcelSource(RowSource):
     kind = "excel"
 
-    def __init__(self, path: Path, options: ExcelOptions) -> None:
+    def __init__(
+        self,
+        path: Path,
+        options: ExcelOptions,
+        limits: ReadLimits = ReadLimits(),  # noqa: B008
+    ) -> None:
         self.path = path
+        self._limits = limits
         if options.header_row < 1:
             raise self.refuse(
                 f"the mapping's excel header_row is {options.header_row}: rows are numbered from 1."
             )
+        self._check_archive()
         try:
             # openpyxl raises a zoo of exceptions for files that are not workbooks (BadZipFile,
             # KeyError for a missing part, XML parse errors, ValueError...): all mean "corrupt".
@@ -53,6 +65,8 @@ class ExcelSource(RowSource):
         except OSError as exc:
             raise self.cannot_open(exc) from exc
         except Exception as exc:
+            if (defused := _defused_cause(exc)) is not None:
+                raise self._entities_refused(defused) from exc
             raise self.refuse(
                 f"is not a readable .xlsx workbook ({_describe(exc)}); {CORRUPT_HINT}."
             ) from exc
@@ -62,6 +76,7 @@ class ExcelSource(RowSource):
             # The <dimension> a workbook declares can be wrong (some generators write "A1"):
             # forget it so every row is read, at the price of rows of uneven length.
             self._sheet.reset_dimensions()
+            _skip_empty_rows_unparsed(self._sheet)
             # Cells, not bare values: a number's format can carry leading zeros (see cell_text).
             self._rows = self._sheet.iter_rows(min_row=options.header_row)
             self._number = options.header_row - 1  # the sheet row number of the row last read
@@ -82,7 +97,69 @@ class ExcelSource(RowSource):
             problem = None
             if stray := layout.stray_cells(texts):
                 problem = stray_cells_problem(self._number, stray, layout, "excel")
-            yield SourceRow(self._number, layout.row_values(texts), problem)
+            values = layout.row_values(texts)
+            if problem is None and (too_long := oversize_cell_problem(values, self._limits.max_cell_chars)):
+                yield SourceRow(self._number, {}, f"row {self._number}: {too_long}")
+                continue
+            yield SourceRow(self._number, values, problem)
+
+    # -- before anything is unpacked ---------------------------------------------------------
+
+    def _check_archive(self) -> None:
+        """Refuse, unread, what is not a workbook or would unpack to far more than it weighs.
+
+        The sizes come from the zip directory; a part that inflates past its declared size fails
+        its CRC check when read, so they bound what parsing can unpack."""
+        try:
+            with open(self.path, "rb") as f:
+                magic = f.read(8)
+        except OSError as exc:
+            raise self.cannot_open(exc) from exc
+        if magic.startswith(OLE_MAGIC):
+            raise self.refuse(
+                "is a password-protected (encrypted) workbook or an old .xls saved as .xlsx, which "
+                "cannot be read: open it in Excel, remove the password (File > Info > Protect "
+                "Workbook) or save it as .xlsx, and drop it again."
+            )
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                parts = archive.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            looks_like_text = magic and all(32 <= b < 127 or b in b"\t\r\n" for b in magic)
+            hint = (
+                "it looks like text: a CSV file renamed .xlsx? Name it .csv, or open it in Excel and "
+                "save it again as .xlsx"
+                if looks_like_text
+                else CORRUPT_HINT
+            )
+            raise self.refuse(
+                f"is not a readable .xlsx workbook (not a zip archive: {exc}); {hint}."
+            ) from exc
+        limit = self._limits.xlsx_max_uncompressed_mb * 1024 * 1024
+        total = sum(p.file_size for p in parts)
+        if total > limit:
+            raise self.refuse(
+                f"unpacks to {total / 1024 / 1024:,.0f} MB, more than the limit of "
+                f"{self._limits.xlsx_max_uncompressed_mb:,} MB ([limits] xlsx_max_uncompressed_mb); "
+                "it was not read. Split the workbook, or raise the limit if it is genuine."
+            )
+        for part in parts:
+            if part.file_size > RATIO_CHECK_BYTES and part.file_size > self._limits.xlsx_max_ratio * max(
+                part.compress_size, 1
+            ):
+                raise self.refuse(
+                    f"part {part.filename} inflates {part.file_size // max(part.compress_size, 1):,} "
+                    f"times ({part.compress_size:,} -> {part.file_size:,} bytes), more than "
+                    f"{self._limits.xlsx_max_ratio} ([limits] xlsx_max_ratio): a compression bomb, "
+                    "not a spreadsheet; it was not read."
+                )
+
+    def _entities_refused(self, exc: BaseException) -> Exception:
+        return self.refuse(
+            f"declares XML entities or a DTD ({type(exc).__name__}), which workbooks never need and "
+            'entity-expansion attacks ("billion laughs") use; it was not read. Save it again from '
+            "Excel, and drop it again."
+        )
 
     def _choose_sheet(self, wanted: str | int | None) -> Any:
         worksheets = self._workbook.worksheets  # chart sheets hold no rows, so they are left out
@@ -148,6 +225,8 @@ class ExcelSource(RowSource):
         except StopIteration:
             return None
         except Exception as exc:  # a damaged sheet part: XML errors, bad cell references
+            if (defused := _defused_cause(exc)) is not None:
+                raise self._entities_refused(defused) from exc
             raise self.refuse(
                 f'sheet "{self.sheet_name}" is damaged after row {self._number} ({_describe(exc)}); '
                 f"{CORRUPT_HINT}.",
@@ -158,6 +237,58 @@ class ExcelSource(RowSource):
 
 
 _ZERO_PADDED = re.compile(r"^0+$")
+# A row with no cell, or only cells without a value (<c r="A7" s="3"/>): what a sheet formatted
+# down to row 1,048,576 holds. Removed from the sheet's XML before openpyxl parses it, at the
+# speed of a regular expression: openpyxl would build (and keep) an element for each of them.
+_EMPTY_ROW = re.compile(rb"<row\b[^>]*/>|<row\b[^>]*>(?:\s*<c\b[^>]*/>)*\s*</row>")
+_FILTER_CHUNK = 16 * 1024  # what iterparse asks for at a time
+_LONGEST_EMPTY_ROW = 16 * 1024
+
+
+class _EmptyRowFilter:
+    """A sheet part's byte stream without its empty rows (a file-like object for iterparse)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._pending = b""  # from the last "<row" on: may continue in the next chunk
+        self._out = bytearray()
+        self._eof = False
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._eof and (size < 0 or len(self._out) < size):
+            chunk = self._raw.read(_FILTER_CHUNK)
+            buffer = self._pending + chunk
+            if not chunk:
+                self._eof = True
+                cut = len(buffer)
+            else:
+                cut = buffer.rfind(b"<row")
+                if cut < 0 or len(buffer) - cut > _LONGEST_EMPTY_ROW:
+                    cut = len(buffer)
+            self._out += _EMPTY_ROW.sub(b"", buffer[:cut])
+            self._pending = buffer[cut:]
+        if size < 0:
+            size = len(self._out)
+        data = bytes(self._out[:size])
+        del self._out[:size]
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> _EmptyRowFilter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _skip_empty_rows_unparsed(sheet: Any) -> None:
+    """Make a read-only worksheet read its XML through ``_EmptyRowFilter``. ``_get_source`` is
+    openpyxl's (private) hook for opening the part; without it, rows are read unfiltered."""
+    original = getattr(sheet, "_get_source", None)
+    if callable(original):
+        sheet._get_source = lambda: _EmptyRowFilter(original())
 
 
 def cell_text(value: object, number_format: str | None = None) -> str:
@@ -224,6 +355,18 @@ def _round_to_second(moment: dt.datetime) -> dt.datetime:
     if moment.microsecond >= 500_000:
         moment += dt.timedelta(seconds=1)
     return moment.replace(microsecond=0)
+
+
+def _defused_cause(exc: BaseException) -> BaseException | None:
+    """defusedxml's refusal, if it is what (perhaps wrapped by openpyxl) ended the reading."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 10:
+        if isinstance(current, DefusedXmlException):
+            return current
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -24,3 +24,23 @@ class ExcelOptions:
 @dataclass(frozen=True, slots=True)
 class JsonOptions:
     records: str | None = None  # dotted path to the array of objects; None: the top-level array
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLimits:
+    """What one input may cost, whatever its content (``[limits]`` in importer.toml)."""
+
+    max_cell_chars: int = 32_767  # Excel's own limit for a cell; a longer cell makes its row invalid
+    max_json_depth: int = 32  # objects/arrays nested deeper make the record invalid
+    max_number_digits: int = 40  # a JSON number with more digits than this (40: a staging string column)
+    xlsx_max_uncompressed_mb: int = 1024  # a workbook unpacking to more than this is refused unread
+    xlsx_max_ratio: int = 100  # a part inflating more than this (and past 10 MB) is a zip bomb
+    reader_memory_mb: int = 1024  # the reading process's address-space limit (RLIMIT_AS)
+    read_stall_s: float = 120.0  # no row for this long: the reading process is abandoned
+    pattern_timeout_s: float = 0.25  # one mapping pattern against one cell
+
+    @property
+    def csv_field_limit(self) -> int:
+        """The csv module's own limit: well above the cell limit, so that a long cell is one
+        invalid row while a runaway quoted field still ends the file in bounded memory."""
+        return max(self.max_cell_chars * 4, 1_000_000)

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 import importer.pipeline
-from importer.readers.base import SourceRow
 from tests.e2e.conftest import Workspace
 
 CSV = "Code,Name\nENG,Engineering\nFIN,Finance\n"
@@ -17,14 +16,15 @@ CSV = "Code,Name\nENG,Engineering\nFIN,Finance\n"
 def test_a_crash_on_one_file_refuses_it_and_the_next_file_is_imported(
     workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = importer.pipeline.translate_row
+    real = importer.pipeline.build_batches
 
-    def crash_on_finance(mapping, row: SourceRow):  # a reader/translation bug, met on one row's content
-        if row.values.get("Code") == "FIN":
+    def crash_on_finance(rows, *args):  # a bug in a step after reading, met on one file's content
+        rows = list(rows)
+        if any(row.record and row.record.get("Code") == "FIN" for row in rows):
             raise ZeroDivisionError("division by zero")
-        return real(mapping, row)
+        return real(iter(rows), *args)
 
-    monkeypatch.setattr(importer.pipeline, "translate_row", crash_on_finance)
+    monkeypatch.setattr(importer.pipeline, "build_batches", crash_on_finance)
     bad = workspace.cli("import", str(workspace.file("departments-bad.csv", CSV)), "--json")
     assert bad.code == 3, bad.output
     assert "failed unexpectedly on this file (ZeroDivisionError: division by zero)" in bad.output
