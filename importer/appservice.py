@@ -319,8 +319,9 @@ class ServiceImporter:
                 relationships=resolved.lists,
             )
             return sys_id
-        except AmbiguousResponse:
+        except AmbiguousResponse as exc:
             # The answer was lost: it may be registered. Look before registering again.
+            log.warning("register_service %r: %s; looking the service up", service.name, exc)
             found = [s for s in self.api.find_service(name=service.name) if s.name == service.name]
             if found:
                 return found[0].sys_id

@@ -6,8 +6,9 @@ on its own what an HTTP status means, except what is particular to this API:
 
 - a user without the ``app_service_admin`` role gets **401**, not 403 (servicenow-notes.md §11),
   so a 401 says which role is missing as well as which credentials;
-- a 2xx whose body carries ``error`` / ``"status": "failure"`` is not a success (§11): a read is
-  retried, a registration is ambiguous (the caller looks the service up before registering again).
+- a 2xx is a success only when its body is what the endpoint promises (responses.validated_body:
+  no ``error`` / ``"status": "failure"``, not a 202): a read is retried, a registration is
+  ambiguous (the caller looks the service up before registering again).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from urllib.parse import quote
 
 import requests
 
-from importer.errors import AmbiguousResponse, AuthError, InstanceError, TransientError
+from importer.errors import AmbiguousResponse, AuthError, InstanceError
 
 from .client import InstanceClient
-from .responses import Call, classify, error_body, json_body
+from .responses import Call, Promise, classify, error_body, has_result_object, is_object, validated_body
 from .retry import call_with_retries
 
 # Every endpoint of the API, in one place. The csdm/app_service/* endpoints are deprecated since
@@ -69,7 +70,7 @@ class AppServiceClient:
 
     def find_service(self, *, name: str | None = None, number: str | None = None) -> list[FoundService]:
         params = {key: value for key, value in (("name", name), ("number", number)) if value}
-        data = self._request("GET", "find_service", params=params)
+        data = self._request("GET", "find_service", params=params, promise=_lists_services)
         services = _result(data).get("services")
         if not isinstance(services, list):
             raise self._unexpected("find_service", data)
@@ -88,7 +89,9 @@ class AppServiceClient:
         details = {"name": name}
         details.update({k: v for k, v in (("environment", environment), ("version", version)) if v})
         body = {"basic_details": details, "relationships": _relationship_lists(relationships)}
-        data = self._request("POST", "register_service", body=body, idempotent=False)
+        data = self._request(
+            "POST", "register_service", body=body, idempotent=False, promise=has_result_object
+        )
         result = _result(data)
         sys_id = result.get("service_sys_id")
         if not isinstance(sys_id, str) or not sys_id:
@@ -161,6 +164,7 @@ class AppServiceClient:
         params: Mapping[str, str] | None = None,
         body: Any = None,
         idempotent: bool = True,
+        promise: Promise = is_object,
     ) -> Any:
         client = self._client
         path = PATHS[endpoint].format(sys_id=quote(sys_id, safe=""))
@@ -187,10 +191,7 @@ class AppServiceClient:
                 if response.status_code == 401:
                     raise self._role_refused(call, response) from exc
                 raise
-            answer = json_body(response, call)
-            if isinstance(answer, dict) and (answer.get("error") or answer.get("status") == "failure"):
-                raise self._failure_in_success(call, response)
-            return answer
+            return validated_body(response, call, promise)
 
         return call_with_retries(
             attempt,
@@ -211,31 +212,16 @@ class AppServiceClient:
             action=call.action,
         )
 
-    def _failure_in_success(self, call: Call, response: requests.Response) -> TransientError:
-        summary = error_body(response).summary(response.status_code)
-        if call.idempotent:
-            return TransientError(
-                f"{call.instance} answered {summary} to {call.action}: a success status with an error "
-                "in its body (a cancelled transaction); retrying.",
-                status=response.status_code,
-                instance=call.instance,
-                action=call.action,
-                reason="failure in a 2xx",
-            )
-        return AmbiguousResponse(
-            f"{call.instance} answered {summary} to {call.action}: a success status with an error in "
-            "its body; the service may have been registered, it is looked up before registering again.",
-            status=response.status_code,
-            instance=call.instance,
-            action=call.action,
-        )
-
     def _unexpected(self, action: str, data: Any) -> InstanceError:
         return InstanceError(
             f"{self._client.settings.base_url} answered {action} with an unexpected body: {str(data)[:200]}",
             instance=self._client.settings.base_url,
             action=action,
         )
+
+
+def _lists_services(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(_result(data).get("services"), list)
 
 
 def _encode(body: Any) -> bytes:

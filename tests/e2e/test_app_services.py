@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import requests
 
 from importer.sandbox.defaults import ADMIN_PASSWORD, ADMIN_USER, NO_APP_SERVICE_PASSWORD, NO_APP_SERVICE_USER
@@ -139,3 +140,21 @@ def test_a_user_without_app_service_admin_is_told_which_role_is_missing(workspac
     assert "Traceback" not in result.output
     assert NO_APP_SERVICE_PASSWORD not in result.output
     assert find(workspace, "Wiki") == []
+
+
+def test_answers_cancelled_by_a_quota_rule_are_retried_and_a_lost_registration_looked_up(
+    workspace: Workspace, caplog: pytest.LogCaptureFixture
+) -> None:
+    # servicenow-notes §11: a 200 carrying an error object is not a success. Every third Application
+    # Service API answer is one: reads are retried, a registration is looked up, not sent again.
+    workspace.server.set_faults(quota_cancel=list(range(2, 90, 3)), endpoints=["app_service"])
+    result = workspace.cli("import", str(REPO / "samples" / "services.csv"), "--json")
+    assert result.code == 3, result.output
+    [summary] = json.loads(result.stdout)
+    assert summary["rows"] == {"ignored": 1, "updated": 1, "inserted": 5, "error": 1, "invalid": 2}
+    assert workspace.server.counters()["faults_injected"]["quota_cancel"] >= 5
+    for name in ("Payroll", "Mail Relay", "Intranet"):
+        assert len(find(workspace, name)) == 1, f"{name} registered once"
+    registrations = workspace.table("cmdb_ci_service_auto", "nameINPayroll,Mail Relay,Intranet")
+    assert len(registrations) == 3
+    assert "looking the service up" in caplog.text  # a registration's answer was one of them
