@@ -134,3 +134,60 @@ def test_a_never_transformed_set_times_out_and_a_later_poll_records_its_real_res
     assert len(entries) == USERS  # replaced, not added to
     assert_once_each(workspace, entries)
     assert len(workspace.table("sys_user", "employee_numberSTARTSWITH0007")) == USERS
+
+
+def import_users(ws: Workspace, first: int = 700) -> tuple[int, dict[str, Any], str]:
+    result = ws.cli("import", drop_users(ws, first=first), "--json")
+    summary = json.loads(result.stdout)[0] if result.stdout.strip() else {}
+    return result.code, summary, result.output
+
+
+def assert_all_inserted_once(ws: Workspace, code: int, summary: dict[str, Any], output: str) -> None:
+    assert code == 0, output
+    assert summary["state"] == "done"
+    assert summary["rows"] == {"inserted": USERS}
+    assert_once_each(ws, report(ws, summary["id"]))
+    assert len(ws.table("sys_user", "employee_numberSTARTSWITH0007")) == USERS
+    # One import set per batch: an answer taken for a failure never made a second one.
+    assert len(ws.table("sys_import_set", "table_name=u_hr_user_import")) == USERS // BATCH
+
+
+def test_a_200_carrying_a_quota_cancellation_on_insert_is_looked_up_not_resent(workspace: Workspace) -> None:
+    workspace.server.set_faults(quota_cancel=[2, 5], endpoints=["insertMultiple"])
+    code, summary, output = import_users(workspace)
+    assert_all_inserted_once(workspace, code, summary, output)
+    assert workspace.server.counters()["faults_injected"]["quota_cancel"] == 2
+
+
+def test_a_200_whose_body_does_not_parse_on_insert_is_looked_up_not_resent(workspace: Workspace) -> None:
+    workspace.server.set_faults(
+        quota_cancel=[1, 4, 8], quota_cancel_body="unparsable", endpoints=["insertMultiple"]
+    )
+    code, summary, output = import_users(workspace)
+    assert_all_inserted_once(workspace, code, summary, output)
+    assert workspace.server.counters()["faults_injected"]["quota_cancel"] == 3
+
+
+def test_partial_and_unparsable_reads_are_retried_not_taken_as_complete(workspace: Workspace) -> None:
+    # Every third Table API read is cancelled by a quota rule: half a page with an error object.
+    workspace.server.set_faults(quota_cancel=list(range(3, 200, 3)), endpoints=["table"])
+    code, summary, output = import_users(workspace)
+    assert code == 0, output
+    assert summary["rows"] == {"inserted": USERS}
+    assert_once_each(workspace, report(workspace, summary["id"]))
+    assert workspace.server.counters()["faults_injected"]["quota_cancel"] >= 3
+
+
+def test_a_202_that_stored_nothing_is_looked_up_then_sent_again_once(workspace: Workspace) -> None:
+    workspace.server.set_faults(accepted_202=[2, 3, 7])
+    code, summary, output = import_users(workspace)
+    assert_all_inserted_once(workspace, code, summary, output)
+    assert workspace.server.counters()["faults_injected"]["accepted_202"] == 3
+
+
+def test_429s_without_retry_after_back_off_and_every_row_arrives(workspace: Workspace) -> None:
+    workspace.server.set_faults(rate_limit_every=3, rate_limit_headers=False)
+    code, summary, output = import_users(workspace)
+    workspace.server.clear_faults()  # for the checks below, made as a person would
+    assert_all_inserted_once(workspace, code, summary, output)
+    assert workspace.server.counters()["faults_injected"]["429"] >= 5

@@ -17,9 +17,12 @@ from importer.servicenow.responses import (
     Call,
     classify,
     error_body,
+    has_import_set_id,
+    has_result_list,
     is_no_record_found,
     json_body,
     retry_after_s,
+    validated_body,
 )
 
 URL = "https://acme.service-now.com"
@@ -330,3 +333,38 @@ def test_import_read_404_is_the_callers_business() -> None:
     # import_row_result accepts 404 before classify; classify itself reports it as a missing table.
     with pytest.raises(InstanceError, match="staging table 'u_x' does not exist"):
         classify(make_response(404, sn_error("No Record found")), IMPORT_READ)
+
+
+# A 2xx is a success only when its body is what the endpoint promises (servicenow-notes §11).
+QUOTA = {"message": "Transaction cancelled: maximum execution time exceeded", "detail": "quota rule"}
+BAD_2XX: list[tuple[str, int, bytes | dict[str, Any]]] = [
+    ("200 with an error object", 200, {"import_set_id": "abc", "error": QUOTA, "status": "failure"}),
+    ("200 with status failure", 200, {"result": [], "status": "failure"}),
+    ("200 not parsing", 200, b'{"import_set_id": "ab{"error": {"message": "Transaction cancelled"}}'),
+    ("202 empty", 202, b""),
+    ("201 without the promised field", 201, {"multi_import_set_id": "m"}),
+]
+
+
+@pytest.mark.parametrize(("status", "body"), [c[1:] for c in BAD_2XX], ids=[c[0] for c in BAD_2XX])
+def test_a_2xx_that_is_not_what_insert_multiple_promises_is_ambiguous(
+    status: int, body: bytes | dict[str, Any]
+) -> None:
+    with pytest.raises(AmbiguousResponse) as caught:
+        validated_body(make_response(status, body), IMPORT, has_import_set_id)
+    assert "Look the import set up" in str(caught.value)
+
+
+@pytest.mark.parametrize(("status", "body"), [c[1:] for c in BAD_2XX], ids=[c[0] for c in BAD_2XX])
+def test_a_2xx_that_is_not_what_a_read_promises_is_retried(status: int, body: bytes | dict[str, Any]) -> None:
+    with pytest.raises(TransientError) as caught:
+        validated_body(make_response(status, body, method="GET"), TABLE, has_result_list)
+    assert not isinstance(caught.value, AmbiguousResponse)
+    assert caught.value.status == status
+
+
+def test_a_2xx_that_keeps_its_promise_is_returned() -> None:
+    assert validated_body(make_response(201, {"import_set_id": "a"}), IMPORT, has_import_set_id) == {
+        "import_set_id": "a"
+    }
+    assert validated_body(make_response(200, {"result": []}), TABLE, has_result_list) == {"result": []}

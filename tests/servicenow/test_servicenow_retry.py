@@ -113,3 +113,18 @@ def test_connection_refused_is_retried_then_transient() -> None:
     assert "Gave up after 3 attempts" in str(error)
     assert "s3cret-pw" not in str(error)
     assert reasons == ["connection", "connection"]
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3, 6, 10])
+def test_a_429_without_retry_after_waits_capped_exponential_with_jitter_never_near_zero(attempt: int) -> None:
+    import random
+
+    from importer.servicenow.retry import rate_limit_floor_s
+
+    policy = RetryPolicy(backoff_s=0.05, backoff_max_s=30.0, rate_limit_backoff_s=1.0)
+    rng = random.Random(attempt)
+    waits = [rate_limit_floor_s(policy, attempt, rng) for _ in range(200)]
+    ceiling = min(30.0, 2 ** (attempt - 1))
+    assert min(waits) >= ceiling / 2  # never the tens of milliseconds that hammer a throttled instance
+    assert max(waits) <= ceiling  # capped
+    assert max(waits) - min(waits) > ceiling / 10  # jittered: parallel workers do not knock in step
