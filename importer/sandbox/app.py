@@ -132,9 +132,15 @@ class SandboxApp:
                 except OSError:
                     pass
             response = Response(b"", status=500)
-            response.headers["Connection"] = "close"
+            environ["sandbox.close"] = True
         finally:
             self.engine.request_finished()
+        stream = request.stream
+        if request.content_length is None and request.headers.get("Transfer-Encoding"):
+            environ["sandbox.close"] = True
+        elif not getattr(stream, "is_exhausted", True):
+            # The body was not read (refused before it was): the connection cannot be reused.
+            environ["sandbox.close"] = True
         return response(environ, start_response)
 
     # ------------------------------------------------------------------ dispatch

@@ -38,17 +38,33 @@ class _QuietHandler(WSGIRequestHandler):
         self.timeout = self.server.keepalive_idle_s  # type: ignore[attr-defined,misc]
         super().setup()
         self._requests_served = 0
+        self._answered = False
+        self.rfile = _KeepAliveInput(self.rfile, self)  # type: ignore[assignment]
         self.server.track(self.connection, True)  # type: ignore[attr-defined]
+
+    def end_headers(self) -> None:
+        super().end_headers()
+        self._answered = True
 
     def finish(self) -> None:
         self.server.track(self.connection, False)  # type: ignore[attr-defined]
         super().finish()
 
     def make_environ(self) -> Any:
+        self._answered = False
         environ = super().make_environ()
         self._requests_served += 1
         environ["sandbox.requests_on_connection"] = self._requests_served
+        self._environ = environ
         return environ
+
+    def send_header(self, keyword: str, value: str) -> None:
+        # Werkzeug always answers "Connection: close" (it cannot tell whether the application read
+        # the request body). The application can: it sets sandbox.close when it did not.
+        closing = keyword.lower() == "connection" and value.lower() == "close"
+        if closing and not getattr(self, "_environ", {}).get("sandbox.close"):
+            return
+        super().send_header(keyword, value)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
@@ -56,6 +72,25 @@ class _QuietHandler(WSGIRequestHandler):
     def log(self, type: str, message: str, *args: Any) -> None:
         if type == "error":
             log.error(message, *args)
+
+
+class _KeepAliveInput:
+    """The connection's input. After an answer Werkzeug reads whatever is left on the socket to
+    discard it (it closes every connection); on a kept-alive connection that would swallow the
+    next request, so once the answer is out, ``read`` gives nothing unless the connection closes."""
+
+    def __init__(self, raw: Any, handler: _QuietHandler) -> None:
+        self._raw = raw
+        self._handler = handler
+
+    def read(self, size: int = -1) -> bytes:
+        handler = self._handler
+        if handler._answered and not getattr(handler, "_environ", {}).get("sandbox.close"):
+            return b""
+        return bytes(self._raw.read(size))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
 
 
 class _Server(ThreadedWSGIServer):

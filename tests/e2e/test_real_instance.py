@@ -191,3 +191,46 @@ def test_429s_without_retry_after_back_off_and_every_row_arrives(workspace: Work
     workspace.server.clear_faults()  # for the checks below, made as a person would
     assert_all_inserted_once(workspace, code, summary, output)
     assert workspace.server.counters()["faults_injected"]["429"] >= 5
+
+
+def test_a_connection_the_instance_closed_as_it_was_reused_never_becomes_a_duplicate(
+    workspace: Workspace,
+) -> None:
+    workspace.server.set_faults(close_on_reuse=[2, 4, 7, 11, 16])
+    code, summary, output = import_users(workspace)
+    assert_all_inserted_once(workspace, code, summary, output)
+    assert workspace.server.counters()["faults_injected"]["closed_on_reuse"] == 5
+
+
+DEPTS_MAPPING = """
+    staging_table: u_department_import
+    match: ["depts*"]
+    batch_rows: 2
+    columns:
+      "Code": "Code"
+      "Name": "Name"
+"""
+
+
+def test_two_files_posted_in_parallel_use_two_sessions(workspace: Workspace) -> None:
+    for example in workspace.mappings.glob("*.yaml"):
+        example.unlink()  # the examples link both staging tables through `after:`: one at a time
+    workspace.mapping("users", USERS_MAPPING)
+    workspace.mapping("depts", DEPTS_MAPPING)
+    (workspace.inbox / "users.csv").write_text(users_csv())
+    (workspace.inbox / "depts.csv").write_text(
+        "Code,Name\n" + "".join(f"D{i:02d},Dept {i}\n" for i in range(16))
+    )
+    workspace.server.set_faults(latency_ms=20)  # each request takes a while: the files overlap
+    result = workspace.cli("run", "--once")
+    assert result.code == 0, result.output
+    files = {s["name"]: s for s in status(workspace)}
+    assert files["users.csv"]["rows"] == {"inserted": USERS}
+    assert files["depts.csv"]["rows"] == {"inserted": 16}
+    sessions = workspace.server.counters()["sessions"]
+    posting = [kinds for kinds in sessions["requests"].values() if kinds.get("insertMultiple")]
+    # Each file's worker posted on a session of its own: the instance never serialised them.
+    assert len(posting) >= 2, sessions
+    assert sum(kinds["insertMultiple"] for kinds in posting) == USERS // BATCH + 16 // 2
+    assert sessions["overflows"] == 0
+    assert_once_each(workspace, report(workspace, files["users.csv"]["id"]))
