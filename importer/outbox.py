@@ -17,6 +17,7 @@ Nothing here may fail an import: ``Answers`` logs what went wrong and the file c
 from __future__ import annotations
 
 import contextlib
+import csv
 import logging
 import os
 import shutil
@@ -28,7 +29,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
-from importer.inbox import safe_name
+from importer.inbox import excel_safe, safe_name
 from importer.ledger import FileRecord, FileState, Ledger
 from importer.report_page import ReportSummary, render_report, summary_of
 
@@ -222,9 +223,7 @@ class Answers:
                 mapping=mappings.get(record.mapping or ""),
                 source=source if source.is_file() else None,
                 csv_name=f"{record.id}-{safe_name(record.name)}.report.csv",
-                # Hook for `importer verify` (a mapping's `verify: true`): pass its differences
-                # as read_back=... to show them on the page; not wired while verify does not exist.
-                read_back=None,
+                read_back=_read_back(self.config, record),
             )
         answer = None
         if self.outbox is not None and html is not None:
@@ -250,6 +249,24 @@ class Answers:
         if self.notifier is not None:
             where = (answer.html or answer.error) if answer is not None else None
             self.notifier.file_answered(summary, html, where)
+
+
+def _read_back(config: Config, record: FileRecord) -> list[dict[str, str]] | None:
+    """The differences a mapping's ``verify: true`` found (written beside the report just before),
+    or None when the file was not verified."""
+    from importer.verify import verify_path
+
+    path = verify_path(config.paths.reports, record.id, record.name)
+    if not path.is_file():
+        return None
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [{k: _un_excel(v) for k, v in line.items()} for line in csv.DictReader(handle)]
+
+
+def _un_excel(value: str | None) -> str:
+    """A CSV cell as it was before ``excel_safe`` defused it (the page is not a spreadsheet)."""
+    text = value or ""
+    return text[1:] if text.startswith("'") and excel_safe(text[1:]) == text else text
 
 
 def answer_location(config: Config, record: FileRecord) -> Path | None:

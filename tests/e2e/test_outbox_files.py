@@ -53,3 +53,14 @@ def test_the_outbox_can_be_turned_off(workspace: Workspace) -> None:
     assert workspace.cli("import", str(REPO / "samples" / "departments.csv")).code == 0
     assert not os.path.lexists(workspace.outbox)
     assert "report: " + str(workspace.state / "reports") in workspace.cli("status").stdout
+
+
+def test_a_verified_file_shows_what_servicenow_holds_on_its_page(workspace: Workspace) -> None:
+    from tests.e2e.test_verify import contacts_csv
+
+    result = workspace.cli("import", str(workspace.file("contacts.csv", contacts_csv(4))))  # verify: true
+    assert result.code == 0, result.output
+    page = (workspace.outbox / "1-contacts.csv.report.html").read_text(encoding="utf-8")
+    assert "Read back from ServiceNow (6 differences)" in page  # four dropped cities, two cut names
+    assert "truncated to 12 characters by staging column u_name (max_length 12)" in page
+    assert "Someone With A Long Name 0" in page
