@@ -1030,30 +1030,32 @@ class Importer:
                 path, self.config.paths.archive, datetime.now(UTC), name=record.name
             )
             self.ledger.set_file_path(file_id, str(archived))
-        self._verify_if_asked(file_id)
+        self._verify_if_asked(file_id)  # before the answer: the outbox page shows its differences
         self.answers.file_finished(file_id, self.mappings)
         log.info("file=%s name=%s finished rows=%s", file_id, record.name, self.ledger.row_counts(file_id))
 
-    def _verify_if_asked(self, file_id: int) -> None:
+    def _verify_if_asked(self, file_id: int) -> list[dict[str, Any]] | None:
         """``verify: true``: read the file's records back; the differences go beside the report
-        (``<file_id>-<name>.verify.csv``), the summary to the log. A failure to verify never
-        holds up the file: it is logged, and ``importer verify`` can be run by hand."""
+        (``<file_id>-<name>.verify.csv``) and into the outbox's report page, the summary to the
+        log. A failure to verify never holds up the file: it is logged (None: not verified), and
+        ``importer verify`` can be run by hand."""
         record = self.ledger.get_file(file_id)
         mapping = self.mappings.get(record.mapping or "") if record is not None else None
         if record is None or mapping is None or not mapping.verify:
-            return
+            return None
         if record.state not in (FileState.DONE, FileState.DONE_WITH_ERRORS):
-            return
+            return None
         from importer.verify import Verifier, verify_path, write_verify_csv
 
         try:
             result = Verifier(self.ledger, self.client, self.mappings).verify_file(file_id)
         except ImporterError as exc:
             log.warning("file=%s verify failed: %s; run `importer verify %s` later", file_id, exc, file_id)
-            return
+            return None
         path = write_verify_csv(verify_path(self.config.paths.reports, file_id, record.name), result)
         level = logging.INFO if result.ok else logging.WARNING
         log.log(level, "file=%s %s (%s)", file_id, result.summary(), path)
+        return [d.as_json() for d in result.differences]
 
     def results_complete(self, file_id: int) -> bool:
         return self.ledger.is_final(file_id) and not self.ledger.batches(file_id, [BatchState.POSTED])

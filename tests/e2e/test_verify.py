@@ -87,6 +87,10 @@ def test_verify_true_writes_the_differences_beside_the_report_and_a_cleaned_stag
     lines = verify_csv.read_text().splitlines()
     assert lines[0] == "source_row,target_table,target_sys_id,field,sent,found,note"
     assert len(lines) == 1 + 4 + 2  # four dropped cities, two truncated names
+    # ... and the dropper's report page shows them.
+    page = (workspace.outbox / f"{file_id}-contacts.csv.report.html").read_text()
+    assert "Read back from ServiceNow (6 differences)" in page
+    assert "Someone With A Long Name 0" in page
 
     # The instance's cleanup removes the staging rows: verify says so instead of guessing.
     store = workspace.server.store
