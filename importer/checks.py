@@ -7,10 +7,11 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from importer.config import Config
-from importer.errors import InputFileError
+from importer.errors import InputFileError, InstanceError
 from importer.mapping import Mapping, find_mapping
 from importer.pipeline import translated_rows, unknown_staging_keys
 from importer.readers.options import ReadLimits
+from importer.servicenow import InstanceClient
 
 Echo = Callable[[str], None]
 SHOWN = 10
@@ -54,10 +55,14 @@ def check_remote(config: Config, mappings: dict[str, Mapping], echo: Echo) -> in
 
     problems = 0
     with instance_client(config) as client:
+        problems += _check_access(client, mappings, echo)
         for name, mapping in sorted(mappings.items()):
             if mapping.kind == "app_service":
                 continue  # no staging table: the Application Service API checks each value itself
-            unknown = unknown_staging_keys(client, mapping)
+            try:
+                unknown = unknown_staging_keys(client, mapping)
+            except InstanceError:
+                continue  # unreadable sys_dictionary: said above
             if unknown is None:
                 echo(
                     f"mapping {name}: staging table {mapping.staging_table} has no columns on the instance "
@@ -68,7 +73,10 @@ def check_remote(config: Config, mappings: dict[str, Mapping], echo: Echo) -> in
             for message in unknown:
                 echo(f"mapping {name}: {message}")
                 problems += 1
-            maps = client.count("sys_transform_map", f"source_table={mapping.staging_table}^active=true")
+            try:
+                maps = client.count("sys_transform_map", f"source_table={mapping.staging_table}^active=true")
+            except InstanceError:
+                continue  # unreadable sys_transform_map: said above
             if not maps:
                 echo(
                     f"mapping {name}: {mapping.staging_table} has no active transform map; "
@@ -76,5 +84,35 @@ def check_remote(config: Config, mappings: dict[str, Mapping], echo: Echo) -> in
                 )
                 problems += 1
     if not problems:
-        echo("remote check ok: every mapping key is a column of its staging table")
+        echo(
+            "remote check ok: the user may read and load every staging table, and every mapping key "
+            "is a column of its staging table"
+        )
     return 2 if problems else 0
+
+
+# Tables importer reads besides the staging tables: import set states, columns, transform maps.
+SYSTEM_TABLES = ("sys_import_set", "sys_dictionary", "sys_transform_map")
+
+
+def _check_access(client: InstanceClient, mappings: dict[str, Mapping], echo: Echo) -> int:
+    """Whether the user may do what importer does: read the staging tables (results), the system
+    tables, and post to insertMultiple (role import_transformer, or the staging table's ACLs
+    when insert_multiple_optimize is off). Each refusal is one line naming what is missing."""
+    problems = 0
+    staging = sorted({m.staging_table for m in mappings.values() if m.kind != "app_service"})
+    if not staging:
+        return 0
+    for table in [*SYSTEM_TABLES, *staging]:
+        try:
+            client.check_readable(table)
+        except InstanceError as exc:
+            echo(f"read access: {exc}")
+            problems += 1
+    for table in staging:
+        try:
+            client.check_insert_multiple(table)
+        except InstanceError as exc:
+            echo(f"insertMultiple: {exc}")
+            problems += 1
+    return problems

@@ -239,6 +239,25 @@ class InstanceClient:
                 params = {**params, "sysparm_offset": str(offset)}
                 page_params = params
 
+    def check_readable(self, table: str) -> None:
+        """Raise (naming the table and what grants access) unless the user may read ``table``:
+        a 403, or rows the instance counts but does not return (an ACL filters them)."""
+        call = self._call("table", "read", table)
+        params = {"sysparm_limit": "1", "sysparm_fields": "sys_id"}
+        self._exchange(
+            "GET",
+            self._path("table", table),
+            call,
+            params=params,
+            promise=has_result_list,
+            check=_full_page(call, 1, 0, self._user),
+        )
+
+    def check_insert_multiple(self, staging_table: str) -> None:
+        """Raise unless the user may post to the staging table's insertMultiple (a 403 names the
+        role). It posts no record: the instance answers with an empty import set."""
+        self.insert_multiple(staging_table, b'{"records": []}')
+
     def get_record(
         self, table: str, sys_id: str, *, fields: Sequence[str] | None = None
     ) -> dict[str, Any] | None:

@@ -353,7 +353,8 @@ def _role_advice(call: Call) -> str:
     if call.endpoint == "import":
         return (
             f"Give the user the import_transformer role (or import_admin) so it may load staging "
-            f"table '{call.table}'."
+            f"table '{call.table}' (insertMultiple also runs the staging table's ACLs unless "
+            "com.glide.import_set_api.insert_multiple_optimize is true)."
         )
     if call.endpoint == "stats":
         return (

@@ -234,3 +234,53 @@ def test_two_files_posted_in_parallel_use_two_sessions(workspace: Workspace) -> 
     assert sum(kinds["insertMultiple"] for kinds in posting) == USERS // BATCH + 16 // 2
     assert sessions["overflows"] == 0
     assert_once_each(workspace, report(workspace, files["users.csv"]["id"]))
+
+
+def test_rows_hidden_by_an_acl_for_a_while_are_read_again_not_taken_as_gone(workspace: Workspace) -> None:
+    # The first reads of the staging table come back short (half the rows, X-Total-Count says all).
+    workspace.server.set_faults(
+        acl_filter_table="u_hr_user_import", acl_filter_rows="half", acl_filter_reads=3
+    )
+    code, summary, output = import_users(workspace)
+    assert_all_inserted_once(workspace, code, summary, output)
+    assert workspace.server.counters()["faults_injected"]["acl"] == 3
+
+
+def test_rows_an_acl_always_hides_end_as_error_naming_the_table_and_the_role(workspace: Workspace) -> None:
+    workspace.write_config(retry_attempts=2)
+    workspace.server.set_faults(acl_filter_table="u_hr_user_import", acl_filter_rows="all")
+    code, summary, output = import_users(workspace)
+    assert code == 3, output
+    assert summary["state"] == "done_with_errors"
+    assert summary["rows"] == {"error": USERS}
+    entries = report(workspace, summary["id"])
+    assert sorted(e["source_row"] for e in entries) == list(range(2, USERS + 2))
+    message = entries[0]["message"]
+    assert "u_hr_user_import" in message and "ACL" in message and "import_admin" in message, message
+    assert "svc.import" in message
+    workspace.server.clear_faults()
+    assert len(workspace.table("sys_import_set", "table_name=u_hr_user_import")) == USERS // BATCH
+
+
+def test_check_remote_names_missing_read_access_and_the_missing_role(workspace: Workspace) -> None:
+    from importer.sandbox.defaults import ITIL_PASSWORD, ITIL_USER
+
+    workspace.mapping("users", USERS_MAPPING)
+    workspace.write_config(username=ITIL_USER, password=ITIL_PASSWORD, retry_attempts=1)
+    result = workspace.cli("check", "--remote")
+    assert result.code == 2, result.output
+    for table in ("sys_import_set", "sys_dictionary", "sys_transform_map", "u_hr_user_import"):
+        assert f"read access: ServiceNow forbids read on table '{table}'" in result.stdout, result.stdout
+    assert "insertMultiple:" in result.stdout and "import_transformer" in result.stdout
+
+    # The right user, but an ACL hides the staging table's rows: named too.
+    workspace.write_config(retry_attempts=1)
+    assert import_users(workspace)[0] == 0  # rows to hide
+    workspace.server.set_faults(acl_filter_table="u_hr_user_import", acl_filter_rows="all")
+    result = workspace.cli("check", "--remote")
+    assert result.code == 2, result.output
+    assert (
+        "read access:" in result.stdout and "'u_hr_user_import'" in result.stdout and "ACL" in result.stdout
+    )
+    workspace.server.clear_faults()
+    assert workspace.cli("check", "--remote").code == 0
