@@ -55,6 +55,7 @@ from importer.notifications import Notifier
 from importer.outbox import Answers
 from importer.readers.options import ReadLimits
 from importer.servicenow import InstanceClient
+from importer.servicenow.settings import MAX_ROW_BYTES
 
 log = logging.getLogger("importer.pipeline")
 
@@ -241,6 +242,22 @@ def _display(record: dict[str, Any], name: str) -> str:
     if isinstance(value, dict):
         return str(value.get("display_value") or "")
     return ""
+
+
+def _too_large_for_a_row(record: dict[str, str] | None) -> str | None:
+    """ServiceNow skips (and only logs) a staging row over 8126 bytes: refuse it before it is sent."""
+    if not record:
+        return None
+    values = record.values()
+    if sum(map(len, values)) * 4 <= MAX_ROW_BYTES:  # no UTF-8 character is longer than 4 bytes
+        return None
+    size = sum(len(value.encode("utf-8")) for value in values)
+    if size <= MAX_ROW_BYTES:
+        return None
+    return (
+        f"row holds {size} bytes of values; ServiceNow stores at most {MAX_ROW_BYTES} bytes per "
+        "import set row and would skip it: shorten its longest values"
+    )
 
 
 def _unreadable_result(index: int, staging_sys_id: str, table: str, exc: Exception) -> RowResult:
@@ -464,8 +481,9 @@ class Importer:
         for translated in self._translated_rows(Path(record.path), mapping, record.name):
             if translated.number in known or (only is not None and translated.number not in only):
                 continue
-            if translated.problem is not None:
-                invalid.append((translated.number, translated.problem))
+            problem = translated.problem or _too_large_for_a_row(translated.record)
+            if problem is not None:
+                invalid.append((translated.number, problem))
                 if len(invalid) >= 500:
                     self.ledger.record_invalid_rows(file_id, invalid)
                     invalid = []

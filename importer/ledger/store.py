@@ -808,8 +808,10 @@ class Ledger:
                         RowResult(
                             batch_index=index,
                             state=RowState.ERROR,
-                            message=f"the instance reported no staging row {index} in import set "
-                            f"{batch.import_set_id} (unknown keys dropped, or the row was too large?)",
+                            message=f"the instance did not store this row in import set "
+                            f"{batch.import_set_id} (no staging row {index}): ServiceNow skips a row "
+                            "over its row size limit (8126 bytes) or one it could not read; check the "
+                            "row's values and the instance's import log",
                         )
                     ]
                 state = combined_row_state([r.state for r in found])

@@ -13,6 +13,10 @@ from importer.errors import ConfigError
 # a thread (and a shutdown) hostage for an hourly rate-limit window.
 RETRY_AFTER_CAP_S = 300.0
 
+# A staging (import set) row holds at most this many bytes; a larger one is skipped and logged by
+# the instance (servicenow-notes §7, SND r_MaximumRowSize.md).
+MAX_ROW_BYTES = 8126
+
 # Refresh an OAuth access token when less than this is left of it (or 10% of its lifetime,
 # whichever is smaller, so a 2 s token is not refreshed on every request).
 TOKEN_REFRESH_MARGIN_S = 60.0

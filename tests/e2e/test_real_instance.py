@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from importer.sandbox import SandboxServer
 from tests.e2e.conftest import Workspace
+from tests.instance import default_data
 
 USERS = 40
 BATCH = 5
@@ -284,3 +286,65 @@ def test_check_remote_names_missing_read_access_and_the_missing_role(workspace: 
     )
     workspace.server.clear_faults()
     assert workspace.cli("check", "--remote").code == 0
+
+
+TITLED_MAPPING = """
+    staging_table: u_hr_user_import
+    match: ["titled*"]
+    batch_rows: 4
+    columns:
+      "Emp ID": "Employee Number"
+      "First": "First Name"
+      "Last": "Last Name"
+      "Dept": "Department"
+      "Title": "Title"
+"""
+
+
+def test_rows_over_the_row_limit_are_refused_up_front_and_rows_the_instance_did_not_store_are_errors(
+    workspace: Workspace,
+) -> None:
+    data = default_data()
+    data["instance"]["max_row_bytes"] = 2000  # an instance whose rows are narrower than 8126 bytes
+    data["staging_tables"]["u_hr_user_import"]["columns"]["u_title"]["max_length"] = 20000
+    with SandboxServer(data=data) as server:
+        workspace.server = server
+        workspace.write_config()
+        workspace.mapping("titled", TITLED_MAPPING)
+        titles = {5: "é" * 4100, 9: "t" * 3000, 14: "x" * 9000}  # 8200 bytes, not stored, 9000 bytes
+        lines = [f"{800 + i:06d},F{i},L{i},Engineering,{titles.get(i + 2, 'T')}\n" for i in range(16)]
+        path = workspace.file("titled.csv", "Emp ID,First,Last,Dept,Title\n" + "".join(lines))
+        result = workspace.cli("import", str(path), "--json")
+        assert result.code == 3, result.output
+        [summary] = json.loads(result.stdout)
+        assert summary["rows"] == {"inserted": 13, "invalid": 2, "error": 1}
+        entries = {e["source_row"]: e for e in report(workspace, summary["id"])}
+        assert sorted(entries) == list(range(2, 18))
+        for row in (5, 14):
+            assert entries[row]["state"] == "invalid"
+            assert "8126 bytes" in entries[row]["message"], entries[row]
+        assert entries[9]["state"] == "error"
+        assert "did not store this row" in entries[9]["message"] and "8126" in entries[9]["message"]
+        assert entries[9]["target_sys_id"] == ""
+        assert server.counters()["faults_injected"]["rows_not_stored"] == 1
+        assert server.counters()["rows_received"] == 13
+
+
+def test_rows_without_a_target_record_never_report_a_target_sys_id(workspace: Workspace) -> None:
+    workspace.mapping("users", USERS_MAPPING)
+    rows = users_csv(count=8).replace("000703,F3,L3,Engineering", ",F3,L3,Engineering")  # skipped
+    rows = rows.replace("000704,F4,L4,Engineering", "000704,F4,L4,No such department")  # error
+    first = workspace.cli("import", str(workspace.file("users1.csv", rows)), "--json")
+    assert first.code == 3, first.output
+    again = workspace.cli(
+        "import", str(workspace.file("users2.csv", rows + "000799,New,One,Finance\n")), "--json"
+    )
+    assert again.code == 3, again.output
+    [summary] = json.loads(again.stdout)
+    assert summary["rows"] == {"ignored": 6, "skipped": 1, "error": 1, "inserted": 1}
+    entries = report(workspace, summary["id"])
+    for entry in entries:
+        if entry["state"] == "inserted":
+            assert entry["target_sys_id"], entry
+        else:
+            assert entry["target_sys_id"] == "" and entry["display_value"] == "", entry
