@@ -348,3 +348,48 @@ def test_rows_without_a_target_record_never_report_a_target_sys_id(workspace: Wo
             assert entry["target_sys_id"], entry
         else:
             assert entry["target_sys_id"] == "" and entry["display_value"] == "", entry
+
+
+def test_sets_waiting_for_the_scheduler_cost_one_query_per_round_and_polling_backs_off(
+    workspace: Workspace,
+) -> None:
+    from importer.app import runtime
+    from importer.config import load_config
+
+    workspace.server.set_faults(untransformed_import_sets=list(range(1, 50)))
+    for n in range(3):
+        posted = workspace.cli(
+            "import", drop_users(workspace, f"users{n}.csv", first=700 + 100 * n), "--no-wait"
+        )
+        assert posted.code == 0, posted.output
+    config = load_config(workspace.config_path)
+    with runtime(config) as rt:
+        before = workspace.server.counters()["requests"].get("table", 0)
+        delays = []
+        rounds = 12
+        for _ in range(rounds):
+            rt.importer.poll_results()
+            delays.append(rt.importer.next_poll_delay(10.0))
+        queries = workspace.server.counters()["requests"]["table"] - before
+    # 24 import sets in flight: one sys_import_set query per round, and now and then one for their
+    # transform history while nothing moves; never one per set.
+    assert rounds <= queries <= rounds + rounds // 4 + 1, queries
+    assert delays[0] == 10.0 and delays[-1] == 80.0 and delays == sorted(delays)
+
+
+def test_a_403_from_the_import_get_ends_rows_as_error_naming_the_table_and_role(workspace: Workspace) -> None:
+    from tests.e2e.test_several_maps import two_map_data
+
+    with SandboxServer(data=two_map_data()) as server:
+        workspace.server = server
+        workspace.write_config()
+        server.set_faults(import_get_403=True)
+        code, summary, output = import_users(workspace)
+        assert code == 3, output
+        assert summary["rows"] == {"error": USERS}
+        entries = report(workspace, summary["id"])
+        assert sorted(e["source_row"] for e in entries) == list(range(2, USERS + 2))
+        message = entries[0]["message"]
+        assert "cannot be read" in message and "403" in message and "u_hr_user_import" in message
+        assert "role" in message and "ACL" in message, message
+        assert entries[0]["target_sys_id"] == ""
