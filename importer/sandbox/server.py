@@ -39,19 +39,27 @@ class _QuietHandler(WSGIRequestHandler):
         super().setup()
         self._requests_served = 0
         self._answered = False
+        self.busy = False
         self.rfile = _KeepAliveInput(self.rfile, self)  # type: ignore[assignment]
-        self.server.track(self.connection, True)  # type: ignore[attr-defined]
+        self.server.track(self, True)  # type: ignore[attr-defined]
+
+    def handle_one_request(self) -> None:
+        super().handle_one_request()
+        self.busy = False
+        if self.server.closing:  # type: ignore[attr-defined]
+            self.close_connection = True  # the answer is out; the server is going away
 
     def end_headers(self) -> None:
         super().end_headers()
         self._answered = True
 
     def finish(self) -> None:
-        self.server.track(self.connection, False)  # type: ignore[attr-defined]
+        self.server.track(self, False)  # type: ignore[attr-defined]
         super().finish()
 
     def make_environ(self) -> Any:
         self._answered = False
+        self.busy = True
         environ = super().make_environ()
         self._requests_served += 1
         environ["sandbox.requests_on_connection"] = self._requests_served
@@ -100,21 +108,24 @@ class _Server(ThreadedWSGIServer):
     keepalive_idle_s = 5.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._open: set[Any] = set()
+        self._open: set[_QuietHandler] = set()
         self._open_lock = threading.Lock()
+        self.closing = False
         super().__init__(*args, **kwargs)
 
-    def track(self, connection: Any, opened: bool) -> None:
+    def track(self, handler: _QuietHandler, opened: bool) -> None:
         with self._open_lock:
-            (self._open.add if opened else self._open.discard)(connection)
+            (self._open.add if opened else self._open.discard)(handler)
 
     def close_idle_connections(self) -> None:
-        """On stop: end every kept-alive connection, so its handler thread ends and is joined."""
+        """On stop or an outage: end every idle kept-alive connection, so its handler thread ends
+        and is joined; one answering a request closes once its answer is out."""
+        self.closing = True
         with self._open_lock:
-            connections = list(self._open)
-        for connection in connections:
+            handlers = [h for h in self._open if not h.busy]
+        for handler in handlers:
             with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
+                handler.connection.shutdown(socket.SHUT_RDWR)
 
     def server_close(self) -> None:
         self.close_idle_connections()
