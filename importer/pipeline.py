@@ -63,6 +63,9 @@ log = logging.getLogger("importer.pipeline")
 PARK_DELAY = timedelta(seconds=60)
 # Import sets are looked up in chunks of this many sys_ids per Table API query.
 POLL_CHUNK = 100
+# Staging rows of many import sets are read in one query of at most this many rows: few
+# requests (2 sets of 500 rows per query), while a page's decoded JSON stays a few MB.
+RESULT_PAGE_ROWS = 1_000
 STAGING_RESULT_FIELDS = (
     "sys_id",
     "sys_import_row",
@@ -258,6 +261,23 @@ def _too_large_for_a_row(record: dict[str, str] | None) -> str | None:
         f"row holds {size} bytes of values; ServiceNow stores at most {MAX_ROW_BYTES} bytes per "
         "import set row and would skip it: shorten its longest values"
     )
+
+
+def _chunks_by_rows(
+    items: list[tuple[BatchRecord, dict[str, Any]]], max_rows: int
+) -> Iterator[list[tuple[BatchRecord, dict[str, Any]]]]:
+    """Consecutive groups of batches holding at most ``max_rows`` rows (and POLL_CHUNK sets)
+    together; a batch larger than that is a group of its own."""
+    chunk: list[tuple[BatchRecord, dict[str, Any]]] = []
+    rows = 0
+    for item in items:
+        if chunk and (rows + item[0].row_count > max_rows or len(chunk) >= POLL_CHUNK):
+            yield chunk
+            chunk, rows = [], 0
+        chunk.append(item)
+        rows += item[0].row_count
+    if chunk:
+        yield chunk
 
 
 def _unreadable_result(index: int, staging_sys_id: str, table: str, exc: Exception) -> RowResult:
@@ -809,28 +829,16 @@ class Importer:
         )
         stopped_runs = self._stopped_runs(quiet)
         touched: set[int] = set()
+        processed: list[tuple[BatchRecord, dict[str, Any]]] = []
         for batch in waiting:
             found = sets.get(batch.import_set_id or "")
             state = _field(found, "state") if found is not None else None
             timed_out = batch.state == BatchState.TIMED_OUT
+            if state == "processed":
+                processed.append((batch, found or {}))
+                continue
             try:
-                if state == "processed":
-                    file = self.ledger.get_file(batch.file_id)
-                    assert file is not None and file.staging_table is not None
-                    self.record_batch_results(file.staging_table, batch)
-                    if timed_out:
-                        log.info(
-                            "file=%s batch=%s import set %s processed after its timeout; real results "
-                            "recorded",
-                            batch.file_id,
-                            batch.id,
-                            _field(found or {}, "number"),
-                        )
-                        self._rewrite_report(batch.file_id)
-                    else:
-                        progress.rows_finished(batch.row_count)
-                    touched.add(batch.file_id)
-                elif timed_out:
+                if timed_out:
                     continue
                 elif found is None and batch.import_set_id:
                     # Gone from the instance (cleaned up) or never visible: say so rather than wait forever.
@@ -849,18 +857,7 @@ class Importer:
                     touched.add(batch.file_id)
             except IllegalTransition:
                 continue  # another process (the daemon, or a command beside it) recorded them first
-            except TransientError as exc:
-                if exc.context.get("reason") != "acl":
-                    raise
-                # Retried already: the user may not read the staging rows. Say so on every row.
-                self.ledger.record_row_results(
-                    batch.id,
-                    [
-                        RowResult(batch_index=i, state=RowState.ERROR, message=str(exc))
-                        for i in range(batch.row_count)
-                    ],
-                )
-                touched.add(batch.file_id)
+        touched |= self._record_processed(processed, progress)
         finished = []
         candidates = touched | {
             f.id
@@ -955,16 +952,78 @@ class Importer:
             [RowResult(batch_index=i, state=RowState.ERROR, message=message) for i in range(batch.row_count)],
         )
 
-    def record_batch_results(self, staging_table: str, batch: BatchRecord) -> None:
-        staging_rows = list(
-            self.client.query(
-                staging_table,
-                f"sys_import_set={batch.import_set_id}^ORDERBYsys_import_row",
-                fields=STAGING_RESULT_FIELDS,
-                display_value="all",
-                page_size=max(batch.row_count, 1),
-            )
-        )
+    def _record_processed(
+        self, processed: list[tuple[BatchRecord, dict[str, Any]]], progress: Progress
+    ) -> set[int]:
+        """Record the results of processed import sets, read for many sets per query; returns
+        the files touched."""
+        touched: set[int] = set()
+        by_table: dict[str, list[tuple[BatchRecord, dict[str, Any]]]] = {}
+        for batch, found in processed:
+            file = self.ledger.get_file(batch.file_id)
+            assert file is not None and file.staging_table is not None
+            by_table.setdefault(file.staging_table, []).append((batch, found))
+        for staging_table, items in by_table.items():
+            for chunk in _chunks_by_rows(items, RESULT_PAGE_ROWS):
+                batches = [batch for batch, _ in chunk]
+                try:
+                    staged = self._staging_rows(staging_table, batches)
+                except TransientError as exc:
+                    if exc.context.get("reason") != "acl":
+                        raise
+                    # Retried already: the user may not read the staging rows. Say so on every row.
+                    for batch in batches:
+                        with contextlib.suppress(IllegalTransition):
+                            self.ledger.record_row_results(
+                                batch.id,
+                                [
+                                    RowResult(batch_index=i, state=RowState.ERROR, message=str(exc))
+                                    for i in range(batch.row_count)
+                                ],
+                            )
+                            touched.add(batch.file_id)
+                    continue
+                for batch, found in chunk:
+                    try:
+                        self.record_batch_results(
+                            staging_table, batch, staged.get(batch.import_set_id or "", [])
+                        )
+                    except IllegalTransition:
+                        continue  # another process (the daemon, or a command beside it) was first
+                    if batch.state == BatchState.TIMED_OUT:
+                        log.info(
+                            "file=%s batch=%s import set %s processed after its timeout; real results "
+                            "recorded",
+                            batch.file_id,
+                            batch.id,
+                            _field(found, "number"),
+                        )
+                        self._rewrite_report(batch.file_id)
+                    else:
+                        progress.rows_finished(batch.row_count)
+                    touched.add(batch.file_id)
+        return touched
+
+    def _staging_rows(
+        self, staging_table: str, batches: list[BatchRecord]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The staging rows of these import sets, by import set: one query (pages as large as the
+        rows expected, so no empty page follows), only the fields that carry a row's result."""
+        expected = sum(batch.row_count for batch in batches)
+        by_set: dict[str, list[dict[str, Any]]] = {}
+        for staging_row in self.client.query(
+            staging_table,
+            "sys_import_setIN" + ",".join(batch.import_set_id or "" for batch in batches),
+            fields=(*STAGING_RESULT_FIELDS, "sys_import_set"),
+            display_value="all",
+            page_size=max(1, min(expected, RESULT_PAGE_ROWS)),
+        ):
+            by_set.setdefault(_field(staging_row, "sys_import_set"), []).append(staging_row)
+        return by_set
+
+    def record_batch_results(
+        self, staging_table: str, batch: BatchRecord, staging_rows: list[dict[str, Any]]
+    ) -> None:
         several_maps = self.transform_map_count(staging_table) > 1
         outcomes: list[RowResult] = []
         for staging_row in staging_rows:
