@@ -98,6 +98,7 @@ class Verifier:
         self.ledger = ledger
         self.client = client
         self.mappings = mappings
+        self._field_maps_read = True  # False: the instance's field maps were not readable
 
     def verify_file(self, file_id: int) -> VerifyResult:
         record = self.ledger.get_file(file_id)
@@ -181,6 +182,8 @@ class Verifier:
                     continue  # an empty value leaves the field as it was (copy empty fields is off)
                 column = columns.get(key, key)
                 fields = targets.get(column) or targets.get(key)
+                if not fields and not self._field_maps_read:
+                    continue  # only the mapping's verify: fields: are known; this key is not one
                 if not fields:
                     result.differences.append(
                         Difference(
@@ -214,11 +217,20 @@ class Verifier:
         by_label = mapping.key_by == "label"
         columns: dict[str, str] = {}
         lengths: dict[str, int] = {}
-        for entry in self.client.query(
-            "sys_dictionary",
-            f"name={mapping.staging_table}^elementISNOTEMPTY",
-            fields=["element", "column_label", "max_length"],
-        ):
+        try:
+            dictionary = list(
+                self.client.query(
+                    "sys_dictionary",
+                    f"name={mapping.staging_table}^elementISNOTEMPTY",
+                    fields=["element", "column_label", "max_length"],
+                )
+            )
+        except AuthError as exc:
+            if not mapping.verify_fields:
+                raise self._unreadable(mapping, "sys_dictionary", exc) from exc
+            log.warning("sys_dictionary not readable (%s): using verify: fields: of the mapping", exc)
+            dictionary = []
+        for entry in dictionary:
             element = str(entry.get("element") or "")
             key = str(entry.get("column_label") or "") if by_label else element
             columns.setdefault(key, element)
@@ -251,17 +263,22 @@ class Verifier:
                 )
         except AuthError as exc:
             if not mapping.verify_fields:
-                raise UsageError(
-                    f"cannot read the transform maps of {mapping.staging_table} ({exc}); give the user read "
-                    f"access to sys_transform_entry, or list the fields in {mapping.source} as "
-                    'verify: {fields: {"<label>": <target field>}}'
-                ) from exc
+                raise self._unreadable(mapping, "sys_transform_entry", exc) from exc
             log.warning("sys_transform_entry not readable (%s): using verify: fields: of the mapping", exc)
+        self._field_maps_read = bool(maps)
         if mapping.verify_fields:
             given = {columns.get(k, k): [v] for k, v in mapping.verify_fields.items()}
             for targets in maps.values() or [maps.setdefault("", {})]:
                 targets.update(given)
         return maps
+
+    @staticmethod
+    def _unreadable(mapping: Mapping, table: str, exc: Exception) -> UsageError:
+        return UsageError(
+            f"cannot read {table} for {mapping.staging_table} ({exc}); give the user read access to "
+            f"sys_dictionary and sys_transform_entry, or list the fields in {mapping.source} as "
+            'verify: {fields: {"<label>": <target field>}}'
+        )
 
     def _read(
         self, table: str, sys_ids: Iterable[str], fields: Iterable[str], query: str | None
@@ -301,12 +318,20 @@ class Verifier:
         columns = sorted({column for _, _, column, _ in suspicious})
         sets = sorted({s for *_, s in suspicious if s})
         query = f"sys_import_setIN{','.join(sets)}" if 0 < len(sets) <= BY_ID_CHUNK else None
-        rows = self._read(staging, [s for _, s, _, _ in suspicious], columns, query)
+        try:
+            rows: dict[str, dict[str, Any]] | None = self._read(
+                staging, [s for _, s, _, _ in suspicious], columns, query
+            )
+        except AuthError as exc:
+            log.warning("staging table %s not readable (%s): differences not explained", staging, exc)
+            rows = None
         explained = []
         for difference, staging_id, column, _ in suspicious:
-            row = rows.get(staging_id)
+            row = rows.get(staging_id) if rows is not None else None
             note = ""
-            if row is None:
+            if rows is None:
+                note = f"staging table {staging} not readable: where the value changed cannot be told"
+            elif row is None:
                 note = (
                     "staging record gone (the instance's import set cleanup removes rows after 7 days): "
                     "where the value changed cannot be told"

@@ -7,7 +7,9 @@ import json
 import math
 from typing import Any
 
+from importer.sandbox import SandboxServer
 from tests.e2e.conftest import REPO, Workspace
+from tests.instance import default_data
 
 ROWS = 2000
 CLEAN_MAPPING = """
@@ -126,3 +128,28 @@ def test_verify_an_app_service_file_through_find_service_and_get_content(workspa
         (4, "version", "3.4", "3.5"),
         (6, "relation", "pay-app-01 -> pay-db-01", None),
     ]
+
+
+def test_where_the_field_maps_are_not_readable_the_mappings_verify_fields_stand_in(
+    workspace: Workspace,
+) -> None:
+    data = default_data()
+    data["users"].append({"user_name": "reader", "password": "reader-pw", "roles": ["itil"]})
+    with SandboxServer(data=data) as server:
+        workspace.server = server
+        workspace.write_config()
+        mapping = (REPO / "mappings" / "contacts.yaml").read_text().replace("verify: true", "")
+        workspace.mapping("contacts", mapping)
+        file_id = imported(workspace, "contacts.csv", contacts_csv(4))
+        workspace.write_config(username="reader", password="reader-pw")  # reads target tables only
+        refused = workspace.cli("verify", str(file_id))
+        assert refused.code == 2, refused.output
+        assert "cannot read sys_dictionary" in refused.stderr and "verify: {fields:" in refused.stderr
+
+        workspace.mapping("contacts", mapping + 'verify: {fields: {"Name": name, "City": city}}\n')
+        code, differences, _ = verify(workspace, file_id)
+        assert code == 3
+        assert sorted((d["source_row"], d["field"]) for d in differences) == [
+            (2, "city"), (2, "name"), (3, "city"), (4, "city"), (4, "name"), (5, "city"),
+        ]  # fmt: skip
+        assert all("not readable" in d["note"] for d in differences if d["field"] == "name")
