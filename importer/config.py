@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -224,6 +225,7 @@ class NotifyConfig(_Section):
     smtp_host: str | None = None
     smtp_port: int | None = Field(default=None, ge=1, le=65535)  # default: 587, 465 (tls) or 25 (none)
     smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_verify_tls: bool | str = True  # false, or a CA bundle path (a relay with an in-house CA)
     smtp_user: str | None = None
     smtp_password: SecretStr | None = None
     smtp_password_file: Path | None = None
@@ -239,6 +241,25 @@ class NotifyConfig(_Section):
     @classmethod
     def _split_to(cls, value: object) -> object:
         return _split_addresses(value)
+
+    @field_validator("smtp_verify_tls", mode="before")
+    @classmethod
+    def _check_smtp_verify_tls(cls, value: object) -> object:
+        # As instance.verify_tls: true, false, or a CA bundle file ("false" from the environment).
+        if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
+            return value.strip().lower() in _TRUE_WORDS
+        if isinstance(value, str) and not Path(value).expanduser().is_file():
+            raise ValueError(f"CA bundle {value!r} is not a file (use true, false or a CA bundle path)")
+        return str(Path(value).expanduser()) if isinstance(value, str) else value
+
+    def tls_context(self) -> ssl.SSLContext:
+        if isinstance(self.smtp_verify_tls, str):
+            return ssl.create_default_context(cafile=self.smtp_verify_tls)
+        context = ssl.create_default_context()
+        if not self.smtp_verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
 
     @property
     def enabled(self) -> bool:

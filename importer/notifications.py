@@ -17,7 +17,6 @@ import json
 import logging
 import queue
 import smtplib
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from tenacity import RetryError, Retrying, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryError, Retrying, stop_after_attempt, wait_random_exponential
 
 from importer import __version__
 from importer.config import NotifyConfig
@@ -148,8 +147,9 @@ class Notifier:
     def _deliver(self, job: _Job) -> None:
         retrying = Retrying(
             stop=stop_after_attempt(self.config.retry_attempts),
-            wait=wait_exponential_jitter(
-                initial=self.config.retry_backoff_s, max=self.config.retry_backoff_max_s
+            # "Full jitter": a random wait up to retry_backoff_s * 2**n, capped.
+            wait=wait_random_exponential(
+                multiplier=self.config.retry_backoff_s, max=self.config.retry_backoff_max_s
             ),
             retry=lambda state: (
                 state.outcome is not None
@@ -201,12 +201,12 @@ class Notifier:
         host, port, timeout = config.smtp_host or "", config.port, config.timeout_s
         smtp: smtplib.SMTP
         if config.smtp_security == "tls":
-            smtp = smtplib.SMTP_SSL(host, port, timeout=timeout, context=ssl.create_default_context())
+            smtp = smtplib.SMTP_SSL(host, port, timeout=timeout, context=config.tls_context())
         else:
             smtp = smtplib.SMTP(host, port, timeout=timeout)
         with smtp:
             if config.smtp_security == "starttls":
-                smtp.starttls(context=ssl.create_default_context())
+                smtp.starttls(context=config.tls_context())
             password = config.smtp_password_value()
             if config.smtp_user and password is not None:
                 smtp.login(config.smtp_user, password)

@@ -46,9 +46,9 @@ class _Inbox:
 class _LoopbackController(Controller):
     """aiosmtpd on 127.0.0.1 and a port the kernel picks (it wants a fixed port otherwise)."""
 
-    def __init__(self, handler: Any) -> None:
+    def __init__(self, handler: Any, **options: Any) -> None:
         self._socket = socket.create_server(("127.0.0.1", 0))
-        super().__init__(handler, hostname="127.0.0.1", port=self._socket.getsockname()[1])
+        super().__init__(handler, hostname="127.0.0.1", port=self._socket.getsockname()[1], **options)
 
     def _create_server(self) -> Any:
         return self.loop.create_server(self._factory_invoker, sock=self._socket)
