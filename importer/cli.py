@@ -34,11 +34,14 @@ class State:
         self.config_path = config_path
         self.debug = debug
         self._config: Config | None = None
+        self.require_secrets = True  # False: a command that only reads the ledger
 
     @property
     def config(self) -> Config:
         if self._config is None:
-            self._config = load_config(self.config_path)
+            self._config = load_config(self.config_path, require_secrets=self.require_secrets)
+            for warning in self._config.warnings:  # at every start, to the terminal or the journal
+                click.echo(f"importer: warning: {warning}", err=True)
         return self._config
 
 
@@ -299,6 +302,8 @@ def rerun(state: State, file_id: int, failed_only: bool, no_wait: bool, as_json:
 def status(state: State, as_json: bool, limit: int) -> int:
     """Recent files: id, name, mapping, state, rows per state; batches in flight."""
     from importer.app import open_ledger
+
+    state.require_secrets = False  # it only reads the ledger
     from importer.outbox import answer_line
 
     with open_ledger(state.config) as ledger:
@@ -318,6 +323,8 @@ def report(state: State, file_id: int, fmt: str, output: Path | None) -> int:
     from importer import inbox
     from importer.app import open_ledger
     from importer.ledger import REPORT_COLUMNS
+
+    state.require_secrets = False  # it only reads the ledger
 
     with open_ledger(state.config) as ledger:
         if ledger.get_file(file_id) is None:
@@ -377,6 +384,7 @@ def check(state: State, file_path: Path | None, mapping: str | None, remote: boo
     """Validate config and mappings; dry-run a file; compare labels with the instance."""
     from importer.checks import check_file, check_remote
 
+    state.require_secrets = remote  # only --remote talks to the instance
     config = state.config
     from importer.app import open_mappings
 

@@ -17,9 +17,12 @@ config file as given or ``IMPORTER_X__Y (environment)``; all of them are raised 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import ssl
+import stat
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -65,6 +68,7 @@ class InstanceConfig(_Section):
     grant: Literal["password", "client_credentials"] = "password"
     timeout_s: float = Field(default=30.0, gt=0)
     verify_tls: bool | str = True  # False, True, or a CA bundle path
+    allow_insecure_http: bool = False  # True: a plain http:// URL to another host is accepted
     max_request_bytes: int = Field(default=5_000_000, ge=10_000, le=25_000_000)
     retry_attempts: int = Field(default=6, ge=1)
     retry_backoff_s: float = Field(default=0.5, ge=0)
@@ -300,6 +304,7 @@ class Config(BaseModel):
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     source: Path | None = None  # the config file loaded, None when every default applies
+    warnings: list[str] = Field(default_factory=list)  # allowed but unsafe; said at every start
 
 
 _SECTIONS: dict[str, type[_Section]] = {
@@ -321,8 +326,14 @@ _SECRET_KEYS = {
 # --- loading ---------------------------------------------------------------------------------------
 
 
-def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Read the config file (if any), apply environment overrides and secrets, validate everything."""
+def load_config(
+    path: Path | None = None, env: Mapping[str, str] | None = None, *, require_secrets: bool = True
+) -> Config:
+    """Read the config file (if any), apply environment overrides and secrets, validate everything.
+
+    ``require_secrets=False``: for commands that only read the ledger (``status``, ``report``,
+    ``check`` without ``--remote``): a missing or unreadable instance secret is not an error.
+    ``Config.warnings`` lists what is allowed but unsafe (see ``security_warnings``)."""
     env = os.environ if env is None else env
     config_path = _find_config_file(path, env)
     where = str(config_path) if config_path else "config"
@@ -363,8 +374,9 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     assert isinstance(daemon, DaemonConfig)
     assert isinstance(limits, LimitsConfig)
     instance, secret_problems = _resolve_secrets(instance, env, where)
-    problems.extend(secret_problems)
-    problems.extend(_cross_check_instance(instance, where))
+    if require_secrets:
+        problems.extend(secret_problems)
+    problems.extend(_cross_check_instance(instance, where, require_secrets=require_secrets))
     notify = sections["notify"]
     assert isinstance(notify, NotifyConfig)
     notify, notify_problems = _resolve_notify(notify, env, where)
@@ -372,9 +384,11 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
 
     if problems:
         raise ConfigError(problems[0], problems=problems, path=str(config_path) if config_path else None)
-    return Config(
+    config = Config(
         instance=instance, paths=paths, daemon=daemon, notify=notify, limits=limits, source=config_path
     )
+    config.warnings = security_warnings(config, file_data)
+    return config
 
 
 def _find_config_file(path: Path | None, env: Mapping[str, str]) -> Path | None:
@@ -571,8 +585,25 @@ def _resolve_secrets(
     return (instance.model_copy(update=update) if update else instance), problems
 
 
-def _cross_check_instance(instance: InstanceConfig, where: str) -> list[str]:
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _cross_check_instance(instance: InstanceConfig, where: str, *, require_secrets: bool = True) -> list[str]:
     problems = []
+    url = urllib.parse.urlsplit(instance.url) if not instance.is_sandbox else None
+    insecure = url is not None and url.scheme == "http" and not instance.allow_insecure_http
+    if insecure and url is not None and not _is_loopback(url.hostname or ""):
+        problems.append(
+            f"{where}: instance.url: {instance.url} is plain http:// to another host: the password "
+            "and every row would cross the network unencrypted; use https://, or set "
+            "allow_insecure_http = true in [instance] if that network is private and trusted"
+        )
     secret_hint = {
         "password": "set IMPORTER_INSTANCE__PASSWORD, instance.password_file, "
         f"or a systemd credential {PASSWORD_CREDENTIAL}",
@@ -584,7 +615,7 @@ def _cross_check_instance(instance: InstanceConfig, where: str) -> list[str]:
             f"{where}: instance.retry_backoff_max_s: must be at least retry_backoff_s "
             f"({instance.retry_backoff_s})"
         )
-    if instance.is_sandbox:
+    if instance.is_sandbox or not require_secrets:
         return problems
     if instance.auth == "basic" or instance.grant == "password":
         why = 'auth = "basic"' if instance.auth == "basic" else 'auth = "oauth" with grant = "password"'
@@ -655,3 +686,50 @@ def _resolve_notify(
             f"({notify.retry_backoff_s})"
         )
     return notify, problems
+
+
+# --- what is allowed but unsafe --------------------------------------------------------------------
+
+
+def security_warnings(config: Config, file_data: Mapping[str, Any]) -> list[str]:
+    """Allowed settings that weaken security, one line each naming the fix; said at every start."""
+    warnings = []
+    instance = config.instance
+    if not instance.is_sandbox and instance.verify_tls is False:
+        warnings.append(
+            "instance.verify_tls = false: the instance's TLS certificate is not checked, so anyone on "
+            "the network path can pose as it and read the password; set verify_tls = true, or the "
+            "path of your CA bundle"
+        )
+    if not instance.is_sandbox and instance.url.startswith("http://") and instance.allow_insecure_http:
+        warnings.append(
+            f"instance.url {instance.url} is plain http:// (allow_insecure_http = true): the password "
+            "and every row cross the network unencrypted"
+        )
+    secret_files: list[Path] = []
+    if config.source is not None and _holds_secret(file_data):
+        secret_files.append(config.source)
+    for path in (instance.password_file, instance.client_secret_file, config.notify.smtp_password_file):
+        if path is not None:
+            secret_files.append(path)
+    for path in secret_files:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue
+        readers = [who for who, bits in (("group", stat.S_IRWXG), ("others", stat.S_IRWXO)) if mode & bits]
+        if readers:
+            warnings.append(
+                f"{path} holds a secret and {' and '.join(readers)} may read it (mode "
+                f"{stat.S_IMODE(mode):o}): run `chmod 600 {path}` (owned by the service user), or "
+                "move the secret to a systemd credential (LoadCredential=)"
+            )
+    return warnings
+
+
+def _holds_secret(file_data: Mapping[str, Any]) -> bool:
+    for section, key in _SECRET_KEYS:
+        table = file_data.get(section)
+        if isinstance(table, dict) and table.get(key):
+            return True
+    return False
