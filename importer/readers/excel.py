@@ -124,7 +124,7 @@ class ExcelSource(RowSource):
         try:
             with zipfile.ZipFile(self.path) as archive:
                 parts = archive.infolist()
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        except Exception as exc:  # BadZipFile, NotImplementedError (a "version 7.3" zip), EOFError...
             looks_like_text = magic and all(32 <= b < 127 or b in b"\t\r\n" for b in magic)
             hint = (
                 "it looks like text: a CSV file renamed .xlsx? Name it .csv, or open it in Excel and "
