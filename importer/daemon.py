@@ -37,6 +37,7 @@ log = logging.getLogger("importer.daemon")
 
 _TAKEN_NAME = re.compile(r"^(?P<stamp>\d{8}T\d{12})(?:@(?P<folder>[^-/]+))?-(?P<name>.+)$")
 EXIT_OK, EXIT_FAILURE, EXIT_ROWS_FAILED = 0, 1, 3
+TAKE_RETRY_S = 600  # a file that could not be taken is tried again this often (or when it changes)
 
 
 class Daemon:
@@ -51,6 +52,8 @@ class Daemon:
         self._slots = threading.BoundedSemaphore(config.daemon.max_concurrent_files)
         self._handled: set[int] = set()  # files this run took or resumed (what --once reports on)
         self._in_flight: set[int] = set()  # file ids submitted and not yet returned
+        # Inbox files that could not be taken: (size, mtime) then, and when (see _take).
+        self._untakeable: dict[Path, tuple[tuple[int, int], float]] = {}
         self._fatal: ImporterError | None = None  # the instance refused us (auth, unknown table...)
         self.last_successful_poll: datetime | None = None
 
@@ -191,13 +194,23 @@ class Daemon:
     # -- taking and posting ------------------------------------------------------------------
 
     def _take(self, candidate: inbox.Candidate) -> None:
-        """Take one settled file. Nothing about one file may stop the loop that takes the others."""
+        """Take one settled file. Nothing about one file may stop the loop that takes the others.
+
+        A file that cannot be taken stays in the inbox; it is tried again only when it changes or
+        ``TAKE_RETRY_S`` later, so its reason is logged once, not at every scan."""
+        seen = (candidate.size, candidate.mtime_ns)
+        failed = self._untakeable.get(candidate.path)
+        if failed is not None and failed[0] == seen and time.monotonic() - failed[1] < TAKE_RETRY_S:
+            return
         try:
-            self._take_file(candidate)
+            if self._take_file(candidate):
+                self._untakeable.pop(candidate.path, None)
+                return
         except Exception:
             log.exception("cannot take %s; it stays where it is", candidate.path)
+        self._untakeable[candidate.path] = (seen, time.monotonic())
 
-    def _take_file(self, candidate: inbox.Candidate) -> None:
+    def _take_file(self, candidate: inbox.Candidate) -> bool:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")[:21]
         folder = candidate.relative.parent.name if len(candidate.relative.parts) > 1 else ""
         hint = f"{stamp}@{inbox.safe_name(folder)}" if folder else stamp
@@ -205,13 +218,20 @@ class Daemon:
             taken = inbox.take_file(candidate, self.config.paths.processing, hint)
         except inbox.FileChangedError as exc:
             log.info("%s changed while being taken; it will be looked at again: %s", candidate.path, exc)
-            return
+            return True  # not a failure: it is looked at again once it settles
         except OSError as exc:
-            log.error("cannot take %s: %s; it stays in the inbox", candidate.path, exc)
-            return
+            log.error(
+                "cannot take %s: %s; it stays in the inbox (tried again when it changes, or in %s s): "
+                "check the permissions of the file and its folder",
+                candidate.path,
+                exc,
+                TAKE_RETRY_S,
+            )
+            return False
         file_id = self.rt.importer.record_file(taken, candidate.relative)
         log.info("file=%s name=%s taken into %s", file_id, candidate.relative, taken.name)
         self._submit(file_id)
+        return True
 
     def _adopt_unrecorded_files(self) -> None:
         """A file moved into processing/ by a process that died before recording it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,3 +74,28 @@ def test_a_file_the_process_died_on_twice_in_a_row_is_set_aside_at_the_next_star
     assert files["users-good.csv"]["rows"] == {"inserted": 3}
     assert "attempt 1 of 2" in host.logs()  # the first restart resumed it, as after any kill
     assert host.alive()
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and not Path("/usr/bin/setpriv").exists(), reason="needs setpriv")
+def test_a_file_that_cannot_be_moved_stays_with_its_reason_logged_once(
+    make_guarded: Callable[..., GuardedHost],
+) -> None:
+    host = make_guarded()
+    host.mapping("users", USERS)
+    locked = host.inbox / "locked"
+    locked.mkdir()
+    (locked / "users-stuck.csv").write_text(users_csv(2, start=500))
+    locked.chmod(0o555)  # its folder may not be written: the file cannot be moved out
+    try:
+        host.start()
+        wait_for(lambda: "cannot take" in host.logs(), 30, "the refusal to be logged")
+        (host.inbox / "users-good.csv").write_text(users_csv(2, start=600))
+        [good] = host.wait_final(1)
+        time.sleep(2.5)  # several more scans (rescan_s = 1): no new attempt, no new line
+        assert good["name"] == "users-good.csv" and good["rows"] == {"inserted": 2}
+        assert host.logs().count("cannot take") == 1, host.logs()
+        assert "check the permissions" in host.logs()
+        assert (locked / "users-stuck.csv").exists()
+        assert host.alive()
+    finally:
+        locked.chmod(0o755)
