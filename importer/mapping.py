@@ -49,7 +49,7 @@ MAX_BATCH_ROWS = 10_000
 PATTERN_TIMEOUT_S = 0.25
 # Control characters a text field must not carry: C0 and C1 controls, DEL; tab, LF and CR are text.
 _CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-# A group holding a quantifier, itself quantified: (a+)+, (\\w+\\s?)*, (x{2,})+ ... backtracks exponentially.
+# A group holding a quantifier, itself quantified: (a+)+, (\w+\s?)*, (x{2,})+ ... backtracks exponentially.
 _NESTED_QUANTIFIER = re.compile(
     r"\((?:[^()\\]|\\.)*?(?:[+*]|\{\d*,\d*\})(?:[^()\\]|\\.)*\)(?:[+*]|\{\d*,\d*\})"
 )
