@@ -135,14 +135,6 @@ class ExcelSource(RowSource):
             raise self.refuse(
                 f"is not a readable .xlsx workbook (not a zip archive: {exc}); {hint}."
             ) from exc
-        limit = self._limits.xlsx_max_uncompressed_mb * 1024 * 1024
-        total = sum(p.file_size for p in parts)
-        if total > limit:
-            raise self.refuse(
-                f"unpacks to {total / 1024 / 1024:,.0f} MB, more than the limit of "
-                f"{self._limits.xlsx_max_uncompressed_mb:,} MB ([limits] xlsx_max_uncompressed_mb); "
-                "it was not read. Split the workbook, or raise the limit if it is genuine."
-            )
         for part in parts:
             if part.file_size > RATIO_CHECK_BYTES and part.file_size > self._limits.xlsx_max_ratio * max(
                 part.compress_size, 1
@@ -153,6 +145,14 @@ class ExcelSource(RowSource):
                     f"{self._limits.xlsx_max_ratio} ([limits] xlsx_max_ratio): a compression bomb, "
                     "not a spreadsheet; it was not read."
                 )
+        limit = self._limits.xlsx_max_uncompressed_mb * 1024 * 1024
+        total = sum(p.file_size for p in parts)
+        if total > limit:
+            raise self.refuse(
+                f"unpacks to {total / 1024 / 1024:,.0f} MB, more than the limit of "
+                f"{self._limits.xlsx_max_uncompressed_mb:,} MB ([limits] xlsx_max_uncompressed_mb); "
+                "it was not read. Split the workbook, or raise the limit if it is genuine."
+            )
 
     def _entities_refused(self, exc: BaseException) -> Exception:
         return self.refuse(

@@ -6,6 +6,7 @@ user). Each test checks that nothing outside the host's folders was touched."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -70,6 +71,11 @@ class GuardedHost(DaemonHost):
             stderr=subprocess.STDOUT,
         )
         return self.process
+
+    def status(self) -> list[dict[str, Any]]:
+        result = self.cli("status", "--json", "--limit", "100000")  # the soak drops hundreds of files
+        assert result.returncode == 0, result.stderr
+        return list(json.loads(result.stdout))
 
     def untouched(self) -> dict[str, str]:
         skip = {self.inbox, self.state, self.outbox, *self.root.glob("daemon-*.log")}
