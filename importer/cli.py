@@ -182,10 +182,17 @@ def _import_files(
             file_ids = [rerun_file(rt, *rerun)]
         else:
             file_ids = [rt.importer.copy_in(path, mapping=mapping) for path in paths]
-        for file_id in file_ids:
-            record = rt.ledger.get_file(file_id)
-            if record is not None and record.state in (FileState.QUEUED, FileState.POSTING):
-                rt.importer.process_file(file_id, progress, retry_parked_now=True)  # asked for by hand
+        to_post = [
+            file_id
+            for file_id in file_ids
+            if (record := rt.ledger.get_file(file_id)) is not None
+            and record.state in (FileState.QUEUED, FileState.POSTING)
+        ]
+        # Side by side (one worker per chain group, at most daemon.max_concurrent_files), parked
+        # batches retried now: asked for by hand.
+        rt.importer.post_files(
+            to_post, progress, workers=rt.config.daemon.max_concurrent_files, retry_parked_now=True
+        )
         # Only files whose every batch the instance took can finish now; a file left posting (the
         # instance kept refusing) is reported as such, and the same command later resumes it.
         transforming = [

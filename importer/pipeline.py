@@ -14,6 +14,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -63,6 +64,10 @@ log = logging.getLogger("importer.pipeline")
 PARK_DELAY = timedelta(seconds=60)
 # Import sets are looked up in chunks of this many sys_ids per Table API query.
 POLL_CHUNK = 100
+# While files are being posted, results of processed sets are read this often.
+RESULTS_WHILE_POSTING_S = 0.5
+# A poll round in which a set changed state is followed by another this soon.
+PROMPT_POLL_S = 0.2
 # Staging rows of many import sets are read in one query of at most this many rows: few
 # requests (2 sets of 500 rows per query), while a page's decoded JSON stays a few MB.
 RESULT_PAGE_ROWS = 1_000
@@ -420,6 +425,60 @@ class Importer:
         except InputFileError as exc:
             self.reject(file_id, str(exc))
             return PostOutcome(file_id, FileState.REJECTED)
+
+    def chain_group_of(self, file_id: int) -> str:
+        """The chain group a file is posted in (files of one group go one after another)."""
+        try:
+            mapping = self.mapping_for(file_id)
+        except ImporterError:
+            return f"-{file_id}"  # no mapping: refused when processed, on its own
+        return chain_groups(self.mappings).get(mapping.name, mapping.name)
+
+    def post_files(
+        self,
+        file_ids: list[int],
+        progress: Progress | None = None,
+        *,
+        workers: int,
+        retry_parked_now: bool = False,
+    ) -> None:
+        """``process_file`` for several files side by side: one task per chain group (its files
+        one after another, in order, so the run_after chains between files are kept), at most
+        ``workers`` at once, each worker thread on its own session. Meanwhile this thread records
+        the results of import sets already processed, so they are not all read at the end.
+        The first error a worker meets stops the others (at their next batch) and is raised."""
+        progress = progress or Progress()
+        groups: dict[str, list[int]] = {}
+        for file_id in file_ids:
+            groups.setdefault(self.chain_group_of(file_id), []).append(file_id)
+
+        def post_group(ids: list[int]) -> None:
+            for file_id in ids:
+                if self.stop_event.is_set():
+                    return
+                self.process_file(file_id, progress, retry_parked_now=retry_parked_now)
+
+        size = max(1, min(workers, len(groups)))
+        with ThreadPoolExecutor(max_workers=size, thread_name_prefix="post") as pool:
+            futures = [pool.submit(post_group, ids) for ids in groups.values()]
+            try:
+                while True:
+                    done, pending = wait(
+                        futures, timeout=RESULTS_WHILE_POSTING_S, return_when=FIRST_EXCEPTION
+                    )
+                    if not pending or any(f.exception() is not None for f in done):
+                        break
+                    try:
+                        self.poll_results(file_ids, progress)
+                    except TransientError as exc:
+                        log.info("results not read while posting (%s); read once posted", exc)
+            except BaseException:
+                self.stop_event.set()
+                raise
+            if any(f.exception() is not None for f in futures if f.done()):
+                self.stop_event.set()
+        for future in futures:
+            future.result()
 
     def quarantine_crashed_files(self, max_attempts: int) -> list[int]:
         """At a start: files whose processing was begun ``max_attempts`` times in a row by a
@@ -1148,7 +1207,7 @@ class Importer:
         """Poll until every file is final and every batch it sent has its results (a file rejected
         part-way has some); False if stopped or timed out first."""
         deadline = None if timeout_s is None else datetime.now(UTC) + timedelta(seconds=timeout_s)
-        delay = min(0.2, poll_s)
+        delay = min(PROMPT_POLL_S, poll_s)
         while True:
             self.poll_results(file_ids, progress)
             if all(self.results_complete(file_id) for file_id in file_ids):
@@ -1157,5 +1216,7 @@ class Importer:
                 return False
             if self.stop_event.wait(delay):
                 return False
-            # Quick first answers, then the configured pace, slower while nothing changes.
-            delay = min(delay * 2, self.next_poll_delay(poll_s))
+            # Quick answers while sets move (a set about to finish is looked at again soon, not
+            # one full interval later), the configured pace, slower while nothing changes.
+            moving = self.idle_poll_rounds == 0
+            delay = PROMPT_POLL_S if moving else min(delay * 2, self.next_poll_delay(poll_s))
