@@ -83,7 +83,10 @@ def _child(conn: Connection, path: str, mapping: Mapping, limits: ReadLimits) ->
         # SIGTERM/SIGINT to the whole group, which must not look like a reader crash.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _limit_memory(limits.reader_memory_mb)
+        try:
+            _limit_memory(limits.reader_memory_mb)
+        except (OSError, ValueError) as exc:  # e.g. a seccomp filter without setrlimit/prlimit64
+            conn.send(("unlimited", str(exc)))
         chunk: list[tuple[int, dict[str, str] | None, str | None]] = []
         for row in rows_in_process(Path(path), mapping, limits):
             chunk.append((row.number, row.record, row.problem))
@@ -125,6 +128,9 @@ def isolated_rows(
         while True:
             message = _next_message(receiver, child, path, limits, stop_event)
             kind = message[0]
+            if kind == "unlimited":
+                _warn_unlimited(message[1])
+                continue
             if kind == "rows":
                 for number, record, problem in message[1]:
                     yield TranslatedRow(number, record, problem)
@@ -150,6 +156,21 @@ def isolated_rows(
         child.join(5)
         with contextlib.suppress(ValueError):
             child.close()
+
+
+_warned_unlimited = False
+
+
+def _warn_unlimited(reason: str) -> None:
+    global _warned_unlimited
+    if not _warned_unlimited:
+        _warned_unlimited = True
+        log.warning(
+            "the reading process cannot limit its own memory (%s): allow setrlimit and prlimit64 in "
+            "the unit's SystemCallFilter= (deploy/importer.service does), or bound the service with "
+            "MemoryMax=",
+            reason,
+        )
 
 
 def _next_message(
