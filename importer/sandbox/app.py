@@ -347,6 +347,8 @@ class SandboxApp:
             fate = "cancelled"
         if self.faults.picks("oncomplete_error_import_sets", "insertMultiple"):
             fate = "error"
+        if self.faults.picks("incomplete_import_sets", "insertMultiple"):
+            fate = "did_not_complete"
         held = self.faults.picks("untransformed_import_sets", "insertMultiple")
         # An empty records array creates an empty import set that is processed at once (sandbox choice:
         # the client sees a real import set with no rows, not an error).

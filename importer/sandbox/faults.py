@@ -30,6 +30,7 @@ FAULT_KEYS = {
     "cancel_import_sets",
     "untransformed_import_sets",
     "oncomplete_error_import_sets",
+    "incomplete_import_sets",
     # §11: ACLs filter rows after the query; 403 from the import GET.
     "acl_filter_table",
     "acl_filter_rows",
@@ -47,6 +48,7 @@ NTH_KEYS = (
     "cancel_import_sets",
     "untransformed_import_sets",
     "oncomplete_error_import_sets",
+    "incomplete_import_sets",
     "close_on_reuse",
 )
 QUOTA_BODIES = ("partial", "unparsable")

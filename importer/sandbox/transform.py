@@ -499,21 +499,30 @@ class TransformEngine:
             self.cond.notify_all()
 
     def _cancel(self, job: Job) -> None:
-        """A cancelled transform: the set is cancelled, its history says Cancelled, rows stay pending."""
+        """A cancelled transform: the set is cancelled, its history says Cancelled, rows stay
+        pending. One that did not complete: its history says so, the set stays processing."""
         stamp = now_text()
+        incomplete = job.fate == "did_not_complete"
         if job.staging.maps:
             run_id = self._new_run(job.set_id, job.staging.maps[0])
             self.store.tables["sys_import_set_run"].update(
-                run_id, {"state": "Cancelled", "completed": stamp, "sys_updated_on": stamp}
+                run_id,
+                {
+                    "state": "Did not complete" if incomplete else "Cancelled",
+                    "completed": stamp,
+                    "sys_updated_on": stamp,
+                },
             )
         sets = self.store.tables["sys_import_set"]
-        sets.update(job.set_id, {"state": "cancelled", "sys_updated_on": stamp})
+        sets.update(
+            job.set_id, {"state": "processing" if incomplete else "cancelled", "sys_updated_on": stamp}
+        )
         self.jobs.remove(job)
 
     def _transform_chunk(self, job: Job, size: int) -> None:
         """Transform up to size rows of the job's current map; advance map and set state."""
         sets = self.store.tables["sys_import_set"]
-        if job.fate == "cancelled":
+        if job.fate in ("cancelled", "did_not_complete"):
             self._cancel(job)
             return
         if job.map_index == 0 and job.row_index == 0 and job.run_id is None:

@@ -393,3 +393,36 @@ def test_a_403_from_the_import_get_ends_rows_as_error_naming_the_table_and_role(
         assert "cannot be read" in message and "403" in message and "u_hr_user_import" in message
         assert "role" in message and "ACL" in message, message
         assert entries[0]["target_sys_id"] == ""
+
+
+def test_a_field_map_without_a_choice_action_creates_the_missing_reference(workspace: Workspace) -> None:
+    data = default_data()
+    for tmap in data["staging_tables"]["u_hr_user_import"]["transform_maps"]:
+        for fm in tmap["field_maps"]:
+            fm.pop("choice_action", None)  # the instance's default: create
+    with SandboxServer(data=data) as server:
+        workspace.server = server
+        workspace.write_config()
+        workspace.mapping("users", USERS_MAPPING)
+        rows = users_csv(count=12).replace("000705,F5,L5,Engineering", "000705,F5,L5,Research")
+        result = workspace.cli("import", str(workspace.file("users.csv", rows)), "--json")
+        assert result.code == 0, result.output
+        assert json.loads(result.stdout)[0]["rows"] == {"inserted": 12}
+        [created] = workspace.table("cmn_department", "name=Research")
+        assert workspace.user("000705")["department"] == created["sys_id"]
+
+
+def test_a_transform_that_did_not_complete_ends_its_rows_as_error_though_the_set_says_processing(
+    workspace: Workspace,
+) -> None:
+    # The last batch: sets chained behind a set stuck in processing would wait for it (until
+    # transform_timeout_s), as on a real instance.
+    workspace.server.set_faults(incomplete_import_sets=[USERS // BATCH])
+    code, summary, output = import_users(workspace)
+    assert code == 3, output
+    assert summary["state"] == "done_with_errors"
+    assert summary["rows"] == {"inserted": USERS - BATCH, "error": BATCH}
+    entries = report(workspace, summary["id"])
+    assert_once_each(workspace, entries)
+    errors = [e for e in entries if e["state"] == "error"]
+    assert all("'Did not complete'" in e["message"] and "'processing'" in e["message"] for e in errors)
