@@ -58,7 +58,10 @@ def check_remote(config: Config, mappings: dict[str, Mapping], echo: Echo) -> in
         problems += _check_access(client, mappings, echo)
         for name, mapping in sorted(mappings.items()):
             if mapping.kind == "app_service":
-                continue  # no staging table: the Application Service API checks each value itself
+                # No staging table: the Application Service API checks each value itself; but the
+                # user needs its role, which only a call shows (401 without app_service_admin).
+                problems += _check_app_service_role(client, name, echo)
+                continue
             try:
                 unknown = unknown_staging_keys(client, mapping)
             except InstanceError:
@@ -116,3 +119,15 @@ def _check_access(client: InstanceClient, mappings: dict[str, Mapping], echo: Ec
             echo(f"insertMultiple: {exc}")
             problems += 1
     return problems
+
+
+def _check_app_service_role(client: InstanceClient, name: str, echo: Echo) -> int:
+    from importer.errors import AuthError
+    from importer.servicenow.appservice import AppServiceClient
+
+    try:
+        AppServiceClient(client).find_service(name="importer check --remote")
+    except AuthError as exc:
+        echo(f"mapping {name}: {exc}")
+        return 1
+    return 0

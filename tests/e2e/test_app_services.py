@@ -158,3 +158,12 @@ def test_answers_cancelled_by_a_quota_rule_are_retried_and_a_lost_registration_l
     registrations = workspace.table("cmdb_ci_service_auto", "nameINPayroll,Mail Relay,Intranet")
     assert len(registrations) == 3
     assert "looking the service up" in caplog.text  # a registration's answer was one of them
+
+
+def test_check_remote_names_the_missing_app_service_admin_role(workspace: Workspace) -> None:
+    assert workspace.cli("check", "--remote").code == 0  # svc.import has the role
+    workspace.write_config(username=NO_APP_SERVICE_USER, password=NO_APP_SERVICE_PASSWORD)
+    result = workspace.cli("check", "--remote")
+    assert result.code == 2, result.output
+    assert "mapping services: ServiceNow refused find_service" in result.stdout
+    assert "lacks the app_service_admin role" in result.stdout
