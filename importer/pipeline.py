@@ -1042,12 +1042,14 @@ class Importer:
                             )
                             touched.add(batch.file_id)
                     continue
+                outcomes = [
+                    (batch.id, self.batch_outcomes(staging_table, staged.get(batch.import_set_id or "", [])))
+                    for batch in batches
+                ]
+                # One transaction for the chunk's batches: few commits while results stream in.
+                recorded = set(self.ledger.record_results_of_batches(outcomes))
                 for batch, found in chunk:
-                    try:
-                        self.record_batch_results(
-                            staging_table, batch, staged.get(batch.import_set_id or "", [])
-                        )
-                    except IllegalTransition:
+                    if batch.id not in recorded:
                         continue  # another process (the daemon, or a command beside it) was first
                     if batch.state == BatchState.TIMED_OUT:
                         log.info(
@@ -1080,9 +1082,8 @@ class Importer:
             by_set.setdefault(_field(staging_row, "sys_import_set"), []).append(staging_row)
         return by_set
 
-    def record_batch_results(
-        self, staging_table: str, batch: BatchRecord, staging_rows: list[dict[str, Any]]
-    ) -> None:
+    def batch_outcomes(self, staging_table: str, staging_rows: list[dict[str, Any]]) -> list[RowResult]:
+        """Every row's result per transform map, from an import set's staging rows."""
         several_maps = self.transform_map_count(staging_table) > 1
         outcomes: list[RowResult] = []
         for staging_row in staging_rows:
@@ -1145,7 +1146,7 @@ class Importer:
                     staging_sys_id=staging_sys_id,
                 )
             )
-        self.ledger.record_row_results(batch.id, outcomes)
+        return outcomes
 
     # -- the end of a file's journey ---------------------------------------------------------
 

@@ -253,7 +253,8 @@ class Ledger:
         elif parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")  # the driver we ship
         try:
-            self.engine: Engine = create_engine(parsed, pool_pre_ping=True, future=True)
+            # A file on this host needs no ping before each use (a ping is a round trip per transaction).
+            self.engine: Engine = create_engine(parsed, pool_pre_ping=self.dialect != "sqlite", future=True)
         except Exception as exc:
             raise ConfigError(f"paths.ledger: cannot use {parsed.render_as_string()}: {exc}") from exc
         if self.dialect == "sqlite":
@@ -776,87 +777,114 @@ class Ledger:
         else:
             allowed = [BatchState.POSTED, BatchState.TIMED_OUT]
         with self._connect() as conn:
-            batch = conn.execute(select(batches).where(batches.c.id == batch_id).with_for_update()).first()
-            if batch is None or batch.state not in allowed:
+            missing = self._record_row_results(conn, batch_id, outcomes, allowed, timed_out=timed_out)
+            if missing is None:
                 raise IllegalTransition(f"batch {batch_id} is not waiting for results")
-            if batch.state == BatchState.TIMED_OUT:
-                # The import set was processed after all: its real results replace the timeout's.
-                conn.execute(
-                    delete(results).where(
-                        results.c.row_id.in_(select(rows.c.id).where(rows.c.batch_id == batch_id))
-                    )
-                )
-            members = {
-                index: (row_id, source_row)
-                for row_id, index, source_row in conn.execute(
-                    select(rows.c.id, rows.c.batch_index, rows.c.source_row).where(
-                        rows.c.batch_id == batch_id
-                    )
-                )
-            }
-            by_index: dict[int, list[RowResult]] = {}
-            for outcome in outcomes:
-                by_index.setdefault(outcome.batch_index, []).append(outcome)
-            result_rows: list[dict[str, Any]] = []
-            row_updates: list[dict[str, Any]] = []
-            missing = 0
-            for index, (row_id, _source_row) in members.items():
-                found = by_index.get(index)
-                if not found:
-                    missing += 1
-                    found = [
-                        RowResult(
-                            batch_index=index,
-                            state=RowState.ERROR,
-                            message=f"the instance did not store this row in import set "
-                            f"{batch.import_set_id} (no staging row {index}): ServiceNow skips a row "
-                            "over its row size limit (8126 bytes) or one it could not read; check the "
-                            "row's values and the instance's import log",
-                        )
-                    ]
-                state = combined_row_state([r.state for r in found])
-                messages = [r.message for r in found if r.message]
-                row_updates.append(
-                    {
-                        "b_id": row_id,
-                        "b_state": state,
-                        "b_message": "; ".join(dict.fromkeys(messages)) or None,
-                        "b_staging": found[0].staging_sys_id,
-                    }
-                )
-                result_rows.extend(
-                    {
-                        "row_id": row_id,
-                        "file_id": batch.file_id,
-                        "transform_map": r.transform_map,
-                        "state": r.state,
-                        "target_table": r.target_table,
-                        "target_sys_id": r.target_sys_id,
-                        "display_value": r.display_value,
-                        "message": r.message,
-                        "import_set_id": batch.import_set_id,
-                        "staging_sys_id": r.staging_sys_id,
-                    }
-                    for r in found
-                )
-            if row_updates:
-                conn.execute(
-                    update(rows)
-                    .where(rows.c.id == bindparam("b_id"))
-                    .values(
-                        state=bindparam("b_state"),
-                        message=bindparam("b_message"),
-                        staging_sys_id=bindparam("b_staging"),
-                    ),
-                    row_updates,
-                )
-            if result_rows:
-                conn.execute(insert(results), result_rows)
-            new = BatchState.TIMED_OUT if timed_out else BatchState.COMPLETE
-            self._batch_transition(conn, batch_id, allowed, new, completed_at=utcnow())
-            if batch.state == BatchState.TIMED_OUT:
-                self._refinish(conn, batch.file_id)
             return missing
+
+    def record_results_of_batches(self, outcomes: Sequence[tuple[int, Sequence[RowResult]]]) -> list[int]:
+        """``record_row_results`` for several processed batches in one transaction (few commits
+        while a file's results stream in); returns the batches recorded: one no longer waiting
+        (another process recorded it first) is left alone."""
+        recorded = []
+        allowed = [BatchState.POSTED, BatchState.TIMED_OUT]
+        with self._connect() as conn:
+            for batch_id, found in outcomes:
+                if self._record_row_results(conn, batch_id, found, allowed, timed_out=False) is not None:
+                    recorded.append(batch_id)
+        return recorded
+
+    def _record_row_results(
+        self,
+        conn: Connection,
+        batch_id: int,
+        outcomes: Sequence[RowResult],
+        allowed: Sequence[BatchState],
+        *,
+        timed_out: bool,
+    ) -> int | None:
+        """The body of record_row_results; None (nothing written) when the batch is not in ``allowed``."""
+        batch = conn.execute(select(batches).where(batches.c.id == batch_id).with_for_update()).first()
+        if batch is None or batch.state not in allowed:
+            return None
+        if batch.state == BatchState.TIMED_OUT:
+            # The import set was processed after all: its real results replace the timeout's.
+            conn.execute(
+                delete(results).where(
+                    results.c.row_id.in_(select(rows.c.id).where(rows.c.batch_id == batch_id))
+                )
+            )
+        members = {
+            index: (row_id, source_row)
+            for row_id, index, source_row in conn.execute(
+                select(rows.c.id, rows.c.batch_index, rows.c.source_row).where(
+                    rows.c.batch_id == batch_id
+                )
+            )
+        }
+        by_index: dict[int, list[RowResult]] = {}
+        for outcome in outcomes:
+            by_index.setdefault(outcome.batch_index, []).append(outcome)
+        result_rows: list[dict[str, Any]] = []
+        row_updates: list[dict[str, Any]] = []
+        missing = 0
+        for index, (row_id, _source_row) in members.items():
+            found = by_index.get(index)
+            if not found:
+                missing += 1
+                found = [
+                    RowResult(
+                        batch_index=index,
+                        state=RowState.ERROR,
+                        message=f"the instance did not store this row in import set "
+                        f"{batch.import_set_id} (no staging row {index}): ServiceNow skips a row "
+                        "over its row size limit (8126 bytes) or one it could not read; check the "
+                        "row's values and the instance's import log",
+                    )
+                ]
+            state = combined_row_state([r.state for r in found])
+            messages = [r.message for r in found if r.message]
+            row_updates.append(
+                {
+                    "b_id": row_id,
+                    "b_state": state,
+                    "b_message": "; ".join(dict.fromkeys(messages)) or None,
+                    "b_staging": found[0].staging_sys_id,
+                }
+            )
+            result_rows.extend(
+                {
+                    "row_id": row_id,
+                    "file_id": batch.file_id,
+                    "transform_map": r.transform_map,
+                    "state": r.state,
+                    "target_table": r.target_table,
+                    "target_sys_id": r.target_sys_id,
+                    "display_value": r.display_value,
+                    "message": r.message,
+                    "import_set_id": batch.import_set_id,
+                    "staging_sys_id": r.staging_sys_id,
+                }
+                for r in found
+            )
+        if row_updates:
+            conn.execute(
+                update(rows)
+                .where(rows.c.id == bindparam("b_id"))
+                .values(
+                    state=bindparam("b_state"),
+                    message=bindparam("b_message"),
+                    staging_sys_id=bindparam("b_staging"),
+                ),
+                row_updates,
+            )
+        if result_rows:
+            conn.execute(insert(results), result_rows)
+        new = BatchState.TIMED_OUT if timed_out else BatchState.COMPLETE
+        self._batch_transition(conn, batch_id, allowed, new, completed_at=utcnow())
+        if batch.state == BatchState.TIMED_OUT:
+            self._refinish(conn, batch.file_id)
+        return missing
 
     def _refinish(self, conn: Connection, file_id: int) -> None:
         """A finished file whose rows changed (timeout results replaced): its state follows them."""

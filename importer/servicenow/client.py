@@ -27,6 +27,7 @@ from .responses import (
     Endpoint,
     Promise,
     classify,
+    decoded,
     has_import_set_id,
     has_result_list,
     has_result_object,
@@ -134,7 +135,7 @@ class InstanceClient:
             body=body,
             promise=has_import_set_id,
         )
-        data = response.json()
+        data = decoded(response)
         # Documented at the top level; tolerate a {"result": {...}} wrapper.
         if isinstance(data.get("result"), dict):
             data = data["result"]
@@ -291,7 +292,7 @@ class InstanceClient:
         if group_by:
             params["sysparm_group_by"] = ",".join(group_by)
         response = self._exchange("GET", self._path("stats", table), call, params=params)
-        data = response.json()
+        data = decoded(response)
         result = data.get("result") if isinstance(data, dict) else None
         try:
             if not group_by:
@@ -407,7 +408,7 @@ class InstanceClient:
         return response
 
     def _json_object(self, response: requests.Response, call: Call) -> dict[str, Any]:
-        data = response.json()
+        data = decoded(response)
         if not isinstance(data, dict):
             raise InstanceError(
                 f"{self._base} answered {call.what} with {type(data).__name__} instead of an object.",
@@ -442,7 +443,7 @@ def _full_page(
             return
         total = int(total_text)
         expected = max(0, min(page_size, total - offset))
-        got = len(response.json()["result"])
+        got = len(decoded(response)["result"])
         if got < expected:
             who = f"user '{user}'" if user else "the OAuth application user"
             raise ShortRead(

@@ -72,11 +72,22 @@ class ErrorBody:
         return f"{text}: {self.detail}" if self.detail and self.detail != self.message else text
 
 
+_DECODED = "_importer_decoded_json"
+
+
+def decoded(response: requests.Response) -> Any:
+    """``response.json()``, decoded once per response and kept on it: a page of staging rows is
+    megabytes, and the body is looked at by the classifier, the page check and the caller."""
+    if _DECODED not in response.__dict__:
+        response.__dict__[_DECODED] = response.json()  # ValueError (not JSON) is not kept
+    return response.__dict__[_DECODED]
+
+
 def error_body(response: requests.Response) -> ErrorBody:
     """ServiceNow's error envelope ``{"error": {"message", "detail"}, "status": "failure"}``,
     the OAuth endpoint's ``{"error", "error_description"}``, or a short excerpt of anything else."""
     try:
-        data = response.json()
+        data = decoded(response)
     except ValueError:
         return ErrorBody(_text_excerpt(response))
     if isinstance(data, dict):
@@ -308,7 +319,7 @@ def json_body(response: requests.Response, call: Call) -> Any:
     """The JSON of a success response. A body that is not JSON means the URL does not lead to
     the REST API (a login page, a proxy); for a change it may also have been committed."""
     try:
-        return response.json()
+        return decoded(response)
     except ValueError as exc:
         excerpt = _text_excerpt(response, 120)
         context: dict[str, Any] = {"instance": call.instance, "table": call.table, "action": call.action}
@@ -404,7 +415,7 @@ def validated_body(response: requests.Response, call: Call, promise: Promise = i
         problem = "202 Accepted (the instance queued too many requests on one session and dropped it)"
     else:
         try:
-            data = response.json()
+            data = decoded(response)
         except ValueError:
             problem = (
                 f"a body that is not JSON ({_text_excerpt(response, 120)!r}; if this persists, check "

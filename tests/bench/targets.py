@@ -173,6 +173,7 @@ def write_config(root: Path, url: str, *, max_concurrent_files: int = 2) -> Path
         f'outbox = "{root}/outbox"\n'
         f"[daemon]\nmax_concurrent_files = {max_concurrent_files}\n"
     )
+    config.chmod(0o600)  # it holds a password
     return config
 
 
