@@ -70,3 +70,23 @@ def test_an_oversized_mapping_file_is_refused_unread(tmp_path: Path) -> None:
     path.write_text("staging_table: u_x\n# " + "x" * 2_000_000 + "\ncolumns: {A: A}\n")
     with pytest.raises(ConfigError, match="a mapping is at most 1,048,576"):
         load_mapping(path)
+
+
+def test_importer_check_prints_the_nested_quantifier_warning(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "names.yaml").write_text(
+        'staging_table: u_x\ncolumns:\n  "Name": {to: "Name", pattern: "^(a+)+$"}\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "importer", "check"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "warning: mappings/names.yaml: columns.Name.pattern '^(a+)+$' nests quantifiers" in result.stdout
