@@ -15,12 +15,12 @@ from importer.config import load_config
 from importer.notifications import Notifier
 from importer.report_page import ReportSummary
 from tests.daemon.conftest import wait_for
-from tests.daemon.test_notifications import _Inbox, _LoopbackController
+from tests.smtp_server import Inbox, LoopbackController
 
 SECRET = "smtp-pa55-never-in-a-message"
 
 
-class _TlsController(_LoopbackController):
+class _TlsController(LoopbackController):
     def _create_server(self) -> Any:
         return self.loop.create_server(self._factory_invoker, sock=self._socket, ssl=self.ssl_context)
 
@@ -39,7 +39,7 @@ def test_an_email_goes_over_tls_with_a_login_from_a_credential(tmp_path: Path, s
         logins.append((data.login.decode(), data.password.decode()))
         return AuthResult(success=data.password.decode() == SECRET)
 
-    mail = _Inbox()
+    mail = Inbox()
     tls: dict[str, Any] = (
         {"tls_context": server_context, "require_starttls": True}
         if security == "starttls"

@@ -20,7 +20,7 @@ import pytest
 import requests
 import yaml
 
-from tests.bench.test_import_speed import importer_post, write_csv
+from tests.bench.hr_posting import importer_post, write_csv
 from tests.instance import sandbox_process
 
 FIELDS = 15

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import email
-import email.policy
 import json
 import re
 import shutil
@@ -20,44 +18,18 @@ from typing import Any
 
 import pytest
 import requests
-from aiosmtpd.controller import Controller
 
 from importer.sandbox.defaults import IMPORT_PASSWORD
 from tests.daemon.conftest import REPO, DaemonHost, wait_for
+from tests.smtp_server import Inbox, LoopbackController
 
 TOKEN = "T0K3N-never-in-a-log"
 
 
-class _Inbox:
-    """aiosmtpd handler: keeps every message it is given."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.messages: list[tuple[list[str], EmailMessage]] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        with self.lock:
-            message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-            assert isinstance(message, EmailMessage)
-            self.messages.append((list(envelope.rcpt_tos), message))
-        return "250 OK"
-
-
-class _LoopbackController(Controller):
-    """aiosmtpd on 127.0.0.1 and a port the kernel picks (it wants a fixed port otherwise)."""
-
-    def __init__(self, handler: Any, **options: Any) -> None:
-        self._socket = socket.create_server(("127.0.0.1", 0))
-        super().__init__(handler, hostname="127.0.0.1", port=self._socket.getsockname()[1], **options)
-
-    def _create_server(self) -> Any:
-        return self.loop.create_server(self._factory_invoker, sock=self._socket)
-
-
 @pytest.fixture
-def smtp() -> Iterator[tuple[int, _Inbox]]:
-    handler = _Inbox()
-    controller = _LoopbackController(handler)
+def smtp() -> Iterator[tuple[int, Inbox]]:
+    handler = Inbox()
+    controller = LoopbackController(handler)
     controller.start()
     try:
         yield controller.port, handler
@@ -106,7 +78,7 @@ def with_notify(host: DaemonHost, text: str, **daemon: Any) -> None:
 
 
 def test_each_finished_or_refused_file_sends_an_email_and_a_webhook_with_its_counts(
-    host: DaemonHost, smtp: tuple[int, _Inbox], webhook: tuple[int, list[tuple[str, dict[str, Any]]]]
+    host: DaemonHost, smtp: tuple[int, Inbox], webhook: tuple[int, list[tuple[str, dict[str, Any]]]]
 ) -> None:
     smtp_port, mail = smtp
     hook_port, posts = webhook
