@@ -11,7 +11,7 @@ import pytest
 
 from tests.badinput.conftest import GuardedHost
 from tests.daemon.conftest import wait_for
-from tests.daemon.test_drops import USERS, users_csv
+from tests.daemon.users_file import USERS, users_csv
 
 
 def by_name(files: list[dict]) -> dict[str, dict]:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.daemon.conftest import DaemonHost, wait_for
-from tests.daemon.test_drops import USERS, users_csv
+from tests.daemon.users_file import USERS, users_csv
 from tests.instance import default_data
 
 ROWS = 50  # five batches of ten

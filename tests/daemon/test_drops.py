@@ -11,24 +11,7 @@ import time
 from pathlib import Path
 
 from tests.daemon.conftest import REPO, DaemonHost, wait_for
-
-USERS = """
-    staging_table: u_hr_user_import
-    match: ["users*"]
-    batch_rows: 10
-    columns:
-      "Emp ID": {to: "Employee Number", required: true}
-      "First": "First Name"
-      "Last": "Last Name"
-      "Dept": "Department"
-      "Title": "Title"
-"""
-
-
-def users_csv(count: int, start: int = 100, title: str = "T") -> str:
-    return "Emp ID,First,Last,Dept,Title\n" + "".join(
-        f"{start + i:06d},F{start + i},L{start + i},Engineering,{title}{i}\n" for i in range(count)
-    )
+from tests.daemon.users_file import USERS, users_csv
 
 
 def test_copied_renamed_and_slowly_written_files_are_each_taken_once_when_complete(host: DaemonHost) -> None:

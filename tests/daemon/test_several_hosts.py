@@ -12,7 +12,7 @@ import pytest
 
 from importer.sandbox import SandboxServer
 from tests.daemon.conftest import REPO, DaemonHost, wait_for
-from tests.daemon.test_drops import USERS, users_csv
+from tests.daemon.users_file import USERS, users_csv
 
 
 @pytest.fixture
