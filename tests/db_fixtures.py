@@ -25,6 +25,15 @@ def pytest_report_header(config: pytest.Config) -> str:
     return "ledger backends: sqlite ONLY — IMPORTER_TEST_PG_URL is unset, PostgreSQL cases are SKIPPED"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``pg`` marker on every case that needs PostgreSQL (``-m "not pg"`` leaves them out)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec is not None else {}
+        if params.get("ledger_url") == "postgresql" or "pg_ledger_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.pg)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
