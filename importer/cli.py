@@ -7,7 +7,7 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -17,13 +17,9 @@ import click
 from importer import __version__
 from importer.config import Config, load_config
 from importer.errors import ImporterError, UsageError
-from importer.ledger import BatchState, FileState, FileSummary, Ledger, RowState
-from importer.ledger.states import FINAL_FILE_STATES
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_ROWS_FAILED = 3
+from importer.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_ROWS_FAILED, exit_code_for
+from importer.ledger import BatchState, FileSummary, Ledger
+from importer.ledger.states import FAILED_ROW_STATES, FINAL_FILE_STATES, UNSENT_FILE_STATES
 
 log = logging.getLogger("importer")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,23 +56,6 @@ def _fail(exc: BaseException, debug: bool) -> NoReturn:
         err=True,
     )
     sys.exit(EXIT_FAILURE)
-
-
-def exit_code_for(summaries: Iterable[FileSummary]) -> int:
-    """0: every row inserted/updated/ignored/skipped; 3: done, but rows in error or invalid, or a
-    file rejected; 1: a file could not be finished now (the instance kept refusing)."""
-    code = EXIT_OK
-    for summary in summaries:
-        state = summary.file.state
-        if state in (FileState.QUEUED, FileState.POSTING):
-            return EXIT_FAILURE  # the same command again resumes it (the daemon retries by itself)
-        if (
-            state == FileState.REJECTED
-            or summary.rows.get(RowState.ERROR, 0)
-            or summary.rows.get(RowState.INVALID, 0)
-        ):
-            code = EXIT_ROWS_FAILED
-    return code
 
 
 def _configure_logging(debug: bool) -> None:
@@ -131,10 +110,10 @@ def _print_summaries(
             click.echo(f"       answer: {answer(s)}")
         elif s.file.error:
             click.echo(f"       {s.file.error}")
-        if ledger is not None and (s.rows.get(RowState.ERROR) or s.rows.get(RowState.INVALID)):
+        if ledger is not None and any(s.rows.get(state) for state in FAILED_ROW_STATES):
             shown = 0
             for entry in ledger.report(s.file.id):
-                if entry["state"] in (RowState.ERROR, RowState.INVALID):
+                if entry["state"] in FAILED_ROW_STATES:
                     click.echo(f"       row {entry['source_row']}: {entry['state']}: {entry['message']}")
                     shown += 1
                     if shown == 10:
@@ -186,7 +165,7 @@ def _import_files(
             file_id
             for file_id in file_ids
             if (record := rt.ledger.get_file(file_id)) is not None
-            and record.state in (FileState.QUEUED, FileState.POSTING)
+            and record.state in UNSENT_FILE_STATES
         ]
         # Side by side (one worker per chain group, at most daemon.max_concurrent_files), parked
         # batches retried now: asked for by hand.
@@ -199,7 +178,7 @@ def _import_files(
             file_id
             for file_id in file_ids
             if (record := rt.ledger.get_file(file_id)) is not None
-            and record.state not in (FileState.QUEUED, FileState.POSTING)
+            and record.state not in UNSENT_FILE_STATES
             and not rt.importer.results_complete(file_id)
         ]
         if wait and transforming:
@@ -212,7 +191,7 @@ def _import_files(
         summaries = rt.ledger.summaries(file_ids)
         _print_summaries(summaries, as_json, None if as_json else rt.ledger)
         for summary in summaries:
-            if summary.file.state in (FileState.QUEUED, FileState.POSTING):
+            if summary.file.state in UNSENT_FILE_STATES:
                 parked = rt.ledger.batches(summary.file.id, [BatchState.PARKED])
                 reason = parked[-1].last_error if parked else "it was interrupted"
                 click.echo(
@@ -220,7 +199,7 @@ def _import_files(
                     "Run the same command again to resume it; nothing is sent twice.",
                     err=True,
                 )
-        return exit_code_for(summaries)
+        return exit_code_for(summaries, waited=wait)
 
 
 def rerun_file(rt: Any, file_id: int, failed_only: bool) -> int:
@@ -228,7 +207,7 @@ def rerun_file(rt: Any, file_id: int, failed_only: bool) -> int:
     original = rt.ledger.get_file(file_id)
     if original is None:
         raise UsageError(f"no file {file_id} in the ledger; `importer status` lists the files")
-    if original.state in (FileState.QUEUED, FileState.POSTING, FileState.TRANSFORMING):
+    if original.state not in FINAL_FILE_STATES:
         raise UsageError(
             f"file {file_id} ({original.name}) is still being imported ({original.state}); "
             "re-run it once it is done"

@@ -29,14 +29,15 @@ from importer import inbox
 from importer.app import Runtime, runtime
 from importer.config import Config
 from importer.errors import ConfigError, ImporterError, InputFileError, TransientError
-from importer.ledger import BatchState, FileState, RowState
+from importer.exit_codes import EXIT_FAILURE, EXIT_OK, exit_code_for
+from importer.ledger import BatchState, FileState
+from importer.ledger.states import UNSENT_FILE_STATES
 from importer.mapping import chain_groups, load_mappings
 from importer.notify import SystemdNotifier
 
 log = logging.getLogger("importer.daemon")
 
 _TAKEN_NAME = re.compile(r"^(?P<stamp>\d{8}T\d{12})(?:@(?P<folder>[^-/]+))?-(?P<name>.+)$")
-EXIT_OK, EXIT_FAILURE, EXIT_ROWS_FAILED = 0, 1, 3
 TAKE_RETRY_S = 600  # a file that could not be taken is tried again this often (or when it changes)
 
 
@@ -100,7 +101,7 @@ class Daemon:
             for file_id in rt.importer.quarantine_crashed_files(self.config.daemon.max_file_attempts):
                 log.error("file=%s set aside in failed/: the process died working on it", file_id)
             resumed = [
-                f.id for f in rt.ledger.files_in_states([FileState.QUEUED, FileState.POSTING], mine=True)
+                f.id for f in rt.ledger.files_in_states(UNSENT_FILE_STATES, mine=True)
             ]
             for file_id in resumed:
                 log.info("file=%s resuming after a restart", file_id)
@@ -157,20 +158,7 @@ class Daemon:
         ]
         if transforming and not self.stop_event.is_set():
             self.rt.importer.wait_for_results(transforming, poll_s=min(self.config.daemon.poll_s, 2.0))
-        summaries = self.rt.ledger.summaries(file_ids)
-        code = EXIT_OK
-        for summary in summaries:
-            state = summary.file.state
-            if state not in (
-                FileState.DONE,
-                FileState.DUPLICATE,
-                FileState.DONE_WITH_ERRORS,
-                FileState.REJECTED,
-            ):
-                return EXIT_FAILURE  # stopped, or the instance kept refusing
-            if state in (FileState.REJECTED, FileState.DONE_WITH_ERRORS) or summary.rows.get(RowState.ERROR):
-                code = EXIT_ROWS_FAILED
-        return code
+        return exit_code_for(self.rt.ledger.summaries(file_ids), waited=True)
 
     def _watch_loop(self) -> None:
         tracker = inbox.SettleTracker(self.config.daemon.settle_s)

@@ -18,6 +18,8 @@ class FileState(StrEnum):
 FINAL_FILE_STATES = frozenset(
     {FileState.DONE, FileState.DONE_WITH_ERRORS, FileState.REJECTED, FileState.DUPLICATE}
 )
+# Not every row is sent yet: posting these again resumes them (nothing is sent twice).
+UNSENT_FILE_STATES = frozenset({FileState.QUEUED, FileState.POSTING})
 
 
 class BatchState(StrEnum):
