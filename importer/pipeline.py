@@ -996,10 +996,13 @@ class Importer:
         )
 
     def _rewrite_report(self, file_id: int) -> None:
+        """Real results replaced a timeout's: the report, and the answer the dropper already
+        has in the outbox (and by notification), say what really happened."""
         record = self.ledger.get_file(file_id)
         if record is None or record.report_path is None:
             return
         inbox.write_report(Path(record.report_path), REPORT_COLUMNS, self.ledger.report(file_id))
+        self.answers.file_finished(file_id, self.mappings)
 
     def _record_missing_import_set(self, batch: BatchRecord) -> None:
         message = (

@@ -123,6 +123,8 @@ def test_a_never_transformed_set_times_out_and_a_later_poll_records_its_real_res
     assert len(timed_out) == BATCH
     assert all("not transformed within 1.5 s; import set ISET" in e["message"] for e in timed_out)
     assert all("state 'loaded'" in e["message"] for e in timed_out)
+    answer = next(workspace.outbox.glob(f"{file_id}-*.report.csv"))
+    assert "not transformed within 1.5 s" in answer.read_text(encoding="utf-8-sig")
 
     # The instance's scheduler recovers: the next poll replaces the timeout results.
     workspace.server.clear_faults()
@@ -135,6 +137,10 @@ def test_a_never_transformed_set_times_out_and_a_later_poll_records_its_real_res
     entries = report(workspace, file_id)
     assert len(entries) == USERS  # replaced, not added to
     assert_once_each(workspace, entries)
+    # The dropper's answer says so too: no error left in the outbox's report.
+    assert "not transformed within" not in answer.read_text(encoding="utf-8-sig")
+    page = next(workspace.outbox.glob(f"{file_id}-*.report.html")).read_text()
+    assert "not transformed within" not in page
     assert len(workspace.table("sys_user", "employee_numberSTARTSWITH0007")) == USERS
 
 
