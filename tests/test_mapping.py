@@ -478,3 +478,17 @@ def test_translate_row_is_fast_enough() -> None:
     )
     for _ in range(20_000):  # a guard against per-row setup creeping in, not a benchmark
         translate_row(mapping, source)
+
+
+def test_the_pure_core_imports_no_io_library() -> None:
+    """mapping.py and batching.py take and return plain data: importing them loads no reader
+    library, no HTTP client and no database (a fresh interpreter, so nothing is loaded before)."""
+    import subprocess
+    import sys
+
+    heavy = ("openpyxl", "python_calamine", "ijson", "requests", "sqlalchemy", "importer.readers.csv")
+    code = "import sys, importer.mapping, importer.batching; print(*sorted(sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert [name for name in heavy if name in loaded] == []

@@ -16,9 +16,6 @@ from pathlib import Path
 from importer.errors import InputFileError
 from importer.readers._source import RowSource
 from importer.readers.base import SourceRow
-from importer.readers.csv import CsvSource
-from importer.readers.excel import ExcelSource
-from importer.readers.json import JsonSource
 from importer.readers.options import CsvOptions, ExcelOptions, JsonOptions, ReadLimits
 
 CSV_SUFFIXES = {".csv": None, ".txt": None, ".tsv": "\t"}  # suffix -> delimiter when not declared
@@ -45,7 +42,14 @@ def open_source(
     json: JsonOptions = JsonOptions(),  # noqa: B008
     limits: ReadLimits = ReadLimits(),  # noqa: B008
 ) -> RowSource:
-    """Open ``path`` for reading rows; use it as a context manager so the file is closed."""
+    """Open ``path`` for reading rows; use it as a context manager so the file is closed.
+
+    The readers are imported here, not with the package: the pure core (mapping.py) uses the
+    package's plain-data modules (base, options) and must not pull in openpyxl or ijson."""
+    from importer.readers.csv import CsvSource
+    from importer.readers.excel import ExcelSource
+    from importer.readers.json import JsonSource
+
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in CSV_SUFFIXES:
