@@ -23,6 +23,9 @@ Predicate = Callable[[Record], bool]
 class Query:
     groups: list[list[Predicate]] = field(default_factory=list)  # AND of (OR of predicates)
     order: list[tuple[str, bool]] = field(default_factory=list)  # (field, descending)
+    # Per group: (field, values) when the group is one "=" or "IN" condition, else None; lets
+    # select() start from the table's index instead of reading every record.
+    exact: list[tuple[str, frozenset[str]] | None] = field(default_factory=list)
 
     def matches(self, record: Record) -> bool:
         return all(any(p(record) for p in group) for group in self.groups)
@@ -93,13 +96,25 @@ def parse_query(text: str, table: Table) -> Query:
         predicate = _predicate(match["field"], match["op"], match["value"])
         if is_or:
             query.groups[-1].append(predicate)
+            query.exact[-1] = None
         else:
             query.groups.append([predicate])
+            op, value = match["op"], match["value"]
+            values = frozenset(value.split(",")) if op == "IN" else frozenset([value]) if op == "=" else None
+            query.exact.append((match["field"], values) if values is not None else None)
     return query
+
+
+_INDEXED_FIELDS = frozenset({"sys_id", "sys_import_set"})
 
 
 def select(table: Table, query: Query) -> list[Record]:
     records: Iterable[Record] = table.records.values()
+    # Only fields a record never changes after it is stored: the indexes see every insert, but
+    # the transform engine writes staging and target fields in place.
+    narrowing = next((e for e in query.exact if e is not None and e[0] in _INDEXED_FIELDS), None)
+    if narrowing is not None:
+        records = table.candidates(*narrowing)  # a superset of the matches, in the same order
     selected = [r for r in records if query.matches(r)] if query.groups else list(records)
     if query.order:
         for name, descending in reversed(query.order):

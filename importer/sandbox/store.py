@@ -160,6 +160,8 @@ class Table:
         self.fields = _named({**_plain(*SYSTEM_FIELDS), **fields})
         self.read_roles = read_roles
         self.records: dict[str, Record] = {}
+        self._sequence: dict[str, int] = {}  # sys_id -> insertion number (the order of records)
+        self._inserted = 0
         # (field, ...) -> (lower-cased values, ...) -> sys_ids in insertion order
         self._indexes: dict[tuple[str, ...], dict[tuple[str, ...], list[str]]] = {}
         self.computed = [(f.name, f.computed) for f in self.fields.values() if f.computed]
@@ -169,9 +171,21 @@ class Table:
 
     def insert(self, record: Record) -> None:
         self.records[record["sys_id"]] = record
+        self._sequence[record["sys_id"]] = self._inserted
+        self._inserted += 1
         for fields, index in self._indexes.items():
             key = tuple(record.get(f, "").lower() for f in fields)
             index.setdefault(key, []).append(record["sys_id"])
+
+    def added(self, sys_ids: list[str]) -> None:
+        """Records put into ``records`` directly (the insertMultiple hot path): indexed as insert does."""
+        for sys_id in sys_ids:
+            self._sequence[sys_id] = self._inserted
+            self._inserted += 1
+        for fields, index in self._indexes.items():
+            for sys_id in sys_ids:
+                record = self.records[sys_id]
+                index.setdefault(tuple(record.get(f, "").lower() for f in fields), []).append(sys_id)
 
     def update(self, sys_id: str, changes: Record) -> None:
         record = self.records[sys_id]
@@ -188,16 +202,28 @@ class Table:
                     index.setdefault(new, []).append(sys_id)
         record.update(changes)
 
-    def lookup(self, fields: tuple[str, ...], key: tuple[str, ...]) -> str | None:
-        """The first record whose fields equal key, case-insensitively (ServiceNow's coalesce default)."""
+    def _index(self, fields: tuple[str, ...]) -> dict[tuple[str, ...], list[str]]:
         index = self._indexes.get(fields)
         if index is None:
             index = {}
             for sys_id, record in self.records.items():
                 index.setdefault(tuple(record.get(f, "").lower() for f in fields), []).append(sys_id)
             self._indexes[fields] = index
-        ids = index.get(tuple(k.lower() for k in key))
+        return index
+
+    def lookup(self, fields: tuple[str, ...], key: tuple[str, ...]) -> str | None:
+        """The first record whose fields equal key, case-insensitively (ServiceNow's coalesce default)."""
+        ids = self._index(fields).get(tuple(k.lower() for k in key))
         return ids[0] if ids else None
+
+    def candidates(self, name: str, values: frozenset[str]) -> list[Record]:
+        """Records whose field ``name`` may equal one of ``values`` (compared case-insensitively:
+        a superset, which the query's own predicates then filter), in insertion order — so a
+        query on one import set of a large staging table does not read every row."""
+        index = self._index((name,))
+        ids = [i for key in {(v.lower(),) for v in values} for i in index.get(key, ())]
+        ids.sort(key=lambda sys_id: self._sequence.get(sys_id, -1))  # (an update moves an id in its list)
+        return [self.records[i] for i in ids if i in self.records]
 
     def apply_computed(self, record: Record) -> None:
         for name, template in self.computed:

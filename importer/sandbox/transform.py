@@ -392,6 +392,7 @@ class TransformEngine:
             rows[sys_id] = row
             table_of[sys_id] = name
             row_ids.append(sys_id)
+        staging.table.added(row_ids)
         self.counters.add_rows_received(len(row_ids), dropped, mangled)
         if not_stored:
             self.counters.add_fault("rows_not_stored", not_stored)

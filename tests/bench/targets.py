@@ -15,6 +15,7 @@ import contextlib
 import csv
 import datetime as dt
 import json
+import math
 import os
 import re
 import shutil
@@ -654,8 +655,18 @@ def run_all(scale_name: str, only: set[str] | None = None) -> list[Row]:
         for key, step in steps.items():
             if only and key not in only:
                 continue
-            result = step()
-            rows.extend(result if isinstance(result, list) else [result])
+            try:
+                result = step()
+            except Exception as exc:  # one target's failure is shown in the table, not lost with the rest
+                result = Row(f"{key} FAILED", "-", f"{type(exc).__name__}: {exc}"[:300], math.nan, "", False)
+            measured = result if isinstance(result, list) else [result]
+            rows.extend(measured)
+            for row in measured:  # as it is measured: a full run takes minutes
+                print(
+                    f"measured: {row.target}: {row.measured}, ratio {row.ratio:.2f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rows.sort(key=lambda r: r.target)
