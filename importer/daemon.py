@@ -19,6 +19,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -57,6 +58,7 @@ class Daemon:
         self._untakeable: dict[Path, tuple[tuple[int, int], float]] = {}
         self._fatal: ImporterError | None = None  # the instance refused us (auth, unknown table...)
         self.last_successful_poll: datetime | None = None
+        self._count_scan: Callable[[], None] = lambda: None  # metrics' inbox scan counter
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -88,6 +90,7 @@ class Daemon:
         from importer.metrics import Metrics
 
         metrics = Metrics()
+        self._count_scan = metrics.inbox_scans.inc
         with runtime(self.config, self.stop_event, metrics.count_retry, metrics.count_notification) as rt:
             self.rt = rt
             if self.config.daemon.metrics_port is not None:
@@ -173,6 +176,7 @@ class Daemon:
                 if self.stop_event.is_set():
                     break
                 self._take(candidate)
+            self._count_scan()  # after the takes: a counted scan has recorded what it took
             # Files still settling need another look soon; otherwise sleep until a file event, the
             # scheduler's rescan, or a stop wakes us.
             unsettled = len(candidates) > 0

@@ -60,6 +60,11 @@ class Metrics:
             ["channel", "outcome"],
             registry=self.registry,
         )
+        self.inbox_scans = Counter(
+            "importer_inbox_scans",
+            "Looks at the inbox (a file event, a rescan, or a file still settling)",
+            registry=self.registry,
+        )
         self._server: Any = None
 
     def count_retry(self, reason: str, status: int | None) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 
 from importer.sandbox import SandboxServer
+from tests.waiting import WaitTimeout, wait_until
 
 THREAD_GRACE_S = 2.0
 
@@ -23,13 +23,15 @@ def no_leaked_threads() -> Iterator[None]:
     """Fail a test that leaves threads running (after a short grace period for them to end)."""
     before = set(threading.enumerate())
     yield
-    deadline = time.monotonic() + THREAD_GRACE_S
-    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-    while leaked and time.monotonic() < deadline:
-        time.sleep(0.02)
-        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-    if leaked:
-        pytest.fail(f"test leaked threads: {', '.join(t.name for t in leaked)}")
+
+    def leaked() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t not in before and t.is_alive()]
+
+    try:
+        wait_until(lambda: not leaked(), THREAD_GRACE_S, "the test's threads to end")
+    except WaitTimeout:
+        if still := leaked():
+            pytest.fail(f"test leaked threads: {', '.join(t.name for t in still)}")
 
 
 @pytest.fixture

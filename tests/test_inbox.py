@@ -31,6 +31,7 @@ from importer.inbox import (
     take_file,
     write_report,
 )
+from tests.waiting import wait_until
 
 
 def _drop(path: Path, content: bytes = b"a,b\n1,2\n", mtime_s: float | None = None) -> Path:
@@ -236,12 +237,7 @@ def test_a_file_written_in_chunks_is_taken_only_after_the_writer_stops(inbox: Pa
     thread = threading.Thread(target=writer, name="slow-writer")
     thread.start()
     try:
-        settled: list[Candidate] = []
-        deadline = time.monotonic() + 5
-        while not settled and time.monotonic() < deadline:
-            settled = tracker.observe(scan_inbox(inbox))
-            if not settled:
-                time.sleep(0.02)
+        settled = wait_until(lambda: tracker.observe(scan_inbox(inbox)), 5, "the file to settle")
         settled_at = time.monotonic()
     finally:
         stop_writing.set()

@@ -14,8 +14,8 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from importer.config import load_config
 from importer.notifications import Notifier
 from importer.report_page import ReportSummary
-from tests.daemon.conftest import wait_for
 from tests.smtp_server import Inbox, LoopbackController
+from tests.waiting import wait_until
 
 SECRET = "smtp-pa55-never-in-a-message"
 
@@ -62,13 +62,13 @@ def test_an_email_goes_over_tls_with_a_login_from_a_credential(tmp_path: Path, s
         summary = ReportSummary(file_id=7, name="x.csv", mapping="m", state="done", rows={"inserted": 3})
         with Notifier(notify) as notifier:
             notifier.file_answered(summary, "<p>page</p>", tmp_path / "7-x.csv.report.html")
-            wait_for(lambda: mail.messages, 30, "the e-mail")
+            wait_until(lambda: mail.messages, 30, "the e-mail")
         # The same server checked against the system's CAs only: refused, nothing sent in clear.
         outcomes: list[tuple[str, str]] = []
         untrusting = notify.model_copy(update={"smtp_verify_tls": True})
         with Notifier(untrusting, lambda channel, outcome: outcomes.append((channel, outcome))) as notifier:
             notifier.file_answered(summary, None, None)
-            wait_for(lambda: outcomes, 30, "the refused e-mail")
+            wait_until(lambda: outcomes, 30, "the refused e-mail")
         assert outcomes == [("email", "failed")] and len(mail.messages) == 1
     finally:
         controller.stop()

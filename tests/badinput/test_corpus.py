@@ -22,7 +22,7 @@ import pytest
 
 from tests.badinput.conftest import GuardedHost
 from tests.badinput.corpus import CORPUS_MAPPING, REGEX_BOMB_MAPPING, SOAK, Case, cases, random_files
-from tests.daemon.conftest import wait_for
+from tests.waiting import processes_with_open, wait_until
 
 FINAL = {"done", "done_with_errors", "rejected", "duplicate"}
 GOOD = "departments-good.csv"
@@ -231,8 +231,13 @@ def test_a_stop_is_not_kept_waiting_by_a_file_being_read(make_guarded: Callable[
     (slow / "names.csv").write_text("Code,Name\n" + rows)
     host.start()
     processing = host.state / "processing"
-    wait_for(lambda: processing.is_dir() and any(processing.iterdir()), 30, "the file to be taken")
-    time.sleep(1.0)  # well into the reading (20 rows x 0.25 s)
+    [taken] = wait_until(
+        lambda: processing.is_dir() and list(processing.iterdir()), 30, "the file to be taken"
+    )
+    assert host.process is not None
+    daemon = host.process.pid
+    # Into the reading (20 rows x 0.25 s): a reading process, not the daemon itself, has it open.
+    wait_until(lambda: processes_with_open(taken) - {daemon}, 30, "a reading process to open the file")
     stopped = time.monotonic()
     host.stop()
     assert host.process is not None and host.process.returncode == 0

@@ -16,6 +16,7 @@ from importer.errors import InputFileError
 from importer.isolated import ReadingInterrupted, isolated_rows
 from importer.mapping import parse_mapping
 from importer.readers.options import ReadLimits
+from tests.waiting import processes_with_open, wait_until
 
 SLOW = parse_mapping(
     "slow", {"staging_table": "u_x", "columns": {"Name": {"to": "Name", "pattern": "^(a|aa)+$"}}}, "slow.yaml"
@@ -33,15 +34,19 @@ def reader_pid() -> int:
     return children[0].pid if children and children[0].pid else 0
 
 
+def reading(path: Path) -> int:
+    """The reading process once it has the file open (0 before)."""
+    pid = reader_pid()
+    return pid if pid and pid in processes_with_open(path) else 0
+
+
 def test_a_reader_killed_mid_file_refuses_the_file_saying_so(tmp_path: Path) -> None:
-    rows = isolated_rows(slow_file(tmp_path), SLOW, ReadLimits(pattern_timeout_s=0.5))
+    path = slow_file(tmp_path)
+    rows = isolated_rows(path, SLOW, ReadLimits(pattern_timeout_s=0.5))
 
     def kill_the_reader() -> None:
-        deadline = time.monotonic() + 20
-        while not (pid := reader_pid()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)
-        os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer would
+        pid = wait_until(lambda: reading(path), 20, "the reading process to open the file")
+        os.kill(pid, signal.SIGKILL)  # as the out-of-memory killer would, mid-file
 
     killer = threading.Thread(target=kill_the_reader)
     killer.start()
@@ -57,17 +62,25 @@ def test_a_reader_killed_mid_file_refuses_the_file_saying_so(tmp_path: Path) -> 
 
 def test_a_stop_abandons_the_reader_at_once(tmp_path: Path) -> None:
     stop = threading.Event()
-    rows = isolated_rows(slow_file(tmp_path), SLOW, ReadLimits(pattern_timeout_s=0.5), stop)
-    timer = threading.Timer(1.0, stop.set)
-    timer.start()
-    started = time.monotonic()
+    path = slow_file(tmp_path)
+    rows = isolated_rows(path, SLOW, ReadLimits(pattern_timeout_s=0.5), stop)
+
+    stopped_at: list[float] = []
+
+    def stop_mid_file() -> None:
+        try:
+            wait_until(lambda: reading(path), 20, "the reading process to open the file")
+        finally:
+            stopped_at.append(time.monotonic())
+            stop.set()
+
+    stopper = threading.Thread(target=stop_mid_file)
+    stopper.start()
     try:
         with pytest.raises(ReadingInterrupted):
             next(rows)
+        interrupted_at = time.monotonic()
     finally:
-        timer.join()
-    assert time.monotonic() - started < 5
-    deadline = time.monotonic() + 5
-    while reader_pid() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not reader_pid(), "the reading process was left running"
+        stopper.join()
+    assert interrupted_at - stopped_at[0] < 4, "the stop waited for the reader"
+    wait_until(lambda: not reader_pid(), 5, "the reading process to end (it was left running)")

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.badinput.conftest import GuardedHost
-from tests.daemon.conftest import wait_for
 from tests.daemon.users_file import USERS, users_csv
+from tests.waiting import wait_until
 
 
 def by_name(files: list[dict]) -> dict[str, dict]:
@@ -56,7 +55,7 @@ def test_a_file_the_process_died_on_twice_in_a_row_is_set_aside_at_the_next_star
     (host.inbox / "users-poison.csv").write_text(users_csv(30, start=300))
     for attempt in (1, 2):
         host.start()
-        wait_for(
+        wait_until(
             lambda n=attempt: host.server.counters()["requests"].get("insertMultiple", 0) >= n,
             30,
             f"post {attempt} in flight",
@@ -86,12 +85,13 @@ def test_a_file_that_cannot_be_moved_stays_with_its_reason_logged_once(
     locked.mkdir()
     (locked / "users-stuck.csv").write_text(users_csv(2, start=500))
     locked.chmod(0o555)  # its folder may not be written: the file cannot be moved out
+    host.write_config(metrics_port=0)
     try:
         host.start()
-        wait_for(lambda: "cannot take" in host.logs(), 30, "the refusal to be logged")
+        wait_until(lambda: "cannot take" in host.logs(), 30, "the refusal to be logged")
         (host.inbox / "users-good.csv").write_text(users_csv(2, start=600))
         [good] = host.wait_final(1)
-        time.sleep(2.5)  # several more scans (rescan_s = 1): no new attempt, no new line
+        host.wait_scans(3)  # several more scans (rescan_s = 1): no new attempt, no new line
         assert good["name"] == "users-good.csv" and good["rows"] == {"inserted": 2}
         assert host.logs().count("cannot take") == 1, host.logs()
         assert "check the permissions" in host.logs()

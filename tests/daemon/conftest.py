@@ -4,34 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from importer.sandbox import SandboxServer
 from importer.sandbox.defaults import IMPORT_PASSWORD, IMPORT_USER
 from tests.instance import Host
+from tests.waiting import WaitTimeout, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass
@@ -129,11 +120,32 @@ class DaemonHost(Host):
             return files if len(files) >= count and all(f["state"] in final for f in files) else None
 
         try:
-            return list(wait_for(all_final, timeout, f"{count} files to finish"))
-        except AssertionError as exc:
+            return list(wait_until(all_final, timeout, f"{count} files to finish"))
+        except WaitTimeout as exc:
             raise AssertionError(
                 f"files did not finish ({exc}): {self.status()}\nlog:\n{self.logs()}"
             ) from None
+
+    def metrics_url(self) -> str:
+        """The running daemon's metrics endpoint (configure ``metrics_port=0``: any free port)."""
+        found = wait_until(
+            lambda: re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", self.log_path.read_text()),
+            30,
+            "the daemon to serve its metrics",
+        )
+        return found[1]
+
+    def inbox_scans(self) -> int:
+        """How many times the running daemon has looked at its inbox (its metrics say)."""
+        text = requests.get(self.metrics_url(), timeout=5).text
+        found = re.search(r"^importer_inbox_scans_total (\S+)$", text, re.MULTILINE)
+        assert found, text
+        return int(float(found[1]))
+
+    def wait_scans(self, more: int, timeout: float = 30) -> None:
+        """Until the daemon has looked at its inbox ``more`` more times: for "nothing else happens"."""
+        target = self.inbox_scans() + more
+        wait_until(lambda: self.inbox_scans() >= target, timeout, f"{more} more scans of the inbox")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

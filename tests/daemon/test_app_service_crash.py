@@ -3,11 +3,11 @@ registered once, every row has exactly one result, and the relations are all the
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from tests.daemon.conftest import DaemonHost, wait_for
+from tests.daemon.conftest import DaemonHost
 from tests.instance import count_rows, table_rows
+from tests.waiting import wait_until
 
 SERVICES = 12
 HEADER = "Service,Environment,Version,Parent CI,CI\n"
@@ -26,6 +26,10 @@ def registered(host: DaemonHost) -> int:
     return count_rows(host.server.url, "cmdb_ci_service_auto", "nameSTARTSWITHCrash ")
 
 
+def app_service_requests(host: DaemonHost) -> int:
+    return int(host.server.counters()["requests"].get("app_service", 0))
+
+
 def test_kill_9_while_registering_services_then_restart_registers_nothing_twice(make_host: Any) -> None:
     host: DaemonHost = make_host()
     # Every Application Service API answer takes a while: the daemon dies with a service half done
@@ -33,13 +37,15 @@ def test_kill_9_while_registering_services_then_restart_registers_nothing_twice(
     host.server.set_faults(latency_ms=120, endpoints=["app_service"])
     (host.inbox / "services-crash.csv").write_text(services_csv())
     host.start()
-    wait_for(lambda: registered(host) >= 4, 60, "four services registered")
-    time.sleep(0.15)  # into the next service's requests
+    wait_until(lambda: registered(host) >= 4, 60, "four services registered")
+    sent = app_service_requests(host)
+    wait_until(lambda: app_service_requests(host) > sent, 30, "the next request")  # the instance holds it
     host.kill9()
     assert registered(host) < SERVICES, "the daemon died before it had registered every service"
 
     host.server.clear_faults()
-    time.sleep(0.5)  # a request the instance held when the client died is finished by it
+    # A request the instance held when the client died is finished by it.
+    wait_until(lambda: host.server.counters()["requests_in_flight"] == 0, 10, "the held request to finish")
     host.start()
     [file] = host.wait_final(1, timeout=90)
 

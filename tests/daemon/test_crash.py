@@ -3,14 +3,14 @@ once, with the right value, and has exactly one final result in the ledger."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
-from tests.daemon.conftest import DaemonHost, wait_for
+from tests.daemon.conftest import DaemonHost
 from tests.daemon.users_file import USERS, users_csv
 from tests.instance import default_data
+from tests.waiting import wait_until
 
 ROWS = 50  # five batches of ten
 
@@ -43,23 +43,23 @@ def test_kill_9_then_restart_gives_every_row_exactly_one_result(make_host: Any, 
     host.start()
 
     if point == "before_first_post":
-        wait_for(lambda: counters(host)["faults_injected"]["429"] >= 1, 30, "the first refused post")
-        wait_for(lambda: host.status(), 10, "the file to be recorded")
+        wait_until(lambda: counters(host)["faults_injected"]["429"] >= 1, 30, "the first refused post")
+        wait_until(lambda: host.status(), 10, "the file to be recorded")
     elif point == "between_posts":
-        wait_for(lambda: counters(host)["rows_received"] >= 20, 30, "two batches accepted")
+        wait_until(lambda: counters(host)["rows_received"] >= 20, 30, "two batches accepted")
     elif point == "instance_holds_answer":
-        wait_for(
+        # Counted by the instance: it holds the request (1.5 s) when the client dies.
+        wait_until(
             lambda: counters(host)["requests"].get("insertMultiple", 0) >= 2, 30, "a second post in flight"
         )
-        time.sleep(0.3)
     else:
-        wait_for(lambda: any(f["state"] == "transforming" for f in host.status()), 30, "all batches posted")
+        wait_until(lambda: any(f["state"] == "transforming" for f in host.status()), 30, "all batches posted")
     host.kill9()
     assert any((host.state / "processing").iterdir()), "the file waits in processing/ for the restart"
 
     host.server.clear_faults()
     # A real instance finishes a request it holds even when the client died; let it do so.
-    time.sleep(1.8)
+    wait_until(lambda: counters(host)["requests_in_flight"] == 0, 10, "the instance to finish what it held")
     host.start()
     [file] = host.wait_final(1, timeout=90)
 

@@ -10,8 +10,11 @@ import threading
 import time
 from pathlib import Path
 
-from tests.daemon.conftest import REPO, DaemonHost, wait_for
+from tests.daemon.conftest import REPO, DaemonHost
 from tests.daemon.users_file import USERS, users_csv
+from tests.waiting import wait_until
+
+SLOW_WRITE_PAUSE_S = 0.5  # the slow writer's pause between chunks: longer than settle_s, all told
 
 
 def test_copied_renamed_and_slowly_written_files_are_each_taken_once_when_complete(host: DaemonHost) -> None:
@@ -31,7 +34,7 @@ def test_copied_renamed_and_slowly_written_files_are_each_taken_once_when_comple
             for chunk in chunks:
                 out.write(chunk)
                 out.flush()
-                time.sleep(0.5)
+                time.sleep(SLOW_WRITE_PAUSE_S)  # part of the scenario, not a wait
 
     writer = threading.Thread(target=write_slowly)
     writer.start()
@@ -48,13 +51,14 @@ def test_copied_renamed_and_slowly_written_files_are_each_taken_once_when_comple
 
 def test_lock_and_temporary_files_are_left_alone(host: DaemonHost) -> None:
     host.mapping("users", USERS)
+    host.write_config(metrics_port=0)
     host.start()
     ignored = ["~$users.xlsx", ".users.csv.swp", "users.csv.tmp", "users2.csv.part", "users3.csv.crdownload"]
     for name in ignored:
         (host.inbox / name).write_text(users_csv(2))
     (host.inbox / "users.csv").write_text(users_csv(3))
     files = host.wait_final(1)
-    time.sleep(1.5)  # a few more scans: still nothing else taken
+    host.wait_scans(2)  # a few more scans: still nothing else taken
     assert [f["name"] for f in host.status()] == ["users.csv"] == [f["name"] for f in files]
     assert sorted(p.name for p in host.inbox.iterdir()) == sorted(ignored)
 
@@ -95,9 +99,10 @@ def test_a_symlink_in_the_inbox_is_never_followed(host: DaemonHost, tmp_path: Pa
     secret.write_text("Code,Name\nSEC,Secret\n")
     (host.inbox / "departments-link.csv").symlink_to(secret)
     shutil.copy(REPO / "samples" / "departments.csv", host.inbox / "departments.csv")
+    host.write_config(metrics_port=0)
     host.start()
     host.wait_final(1)
-    time.sleep(1)
+    host.wait_scans(2)  # more scans: the link is still not taken
     assert [f["name"] for f in host.status()] == ["departments.csv"]
     assert (
         secret.read_text() == "Code,Name\nSEC,Secret\n" and (host.inbox / "departments-link.csv").is_symlink()
@@ -110,7 +115,9 @@ def test_sigterm_mid_file_exits_within_10s_and_a_restart_completes_it(host: Daem
     host.server.set_faults(latency_ms=300, endpoints=["insertMultiple"])
     (host.inbox / "users.csv").write_text(users_csv(100, start=700))
     host.start()
-    wait_for(lambda: host.server.counters()["requests"].get("insertMultiple", 0) >= 2, 30, "posting to start")
+    wait_until(
+        lambda: host.server.counters()["requests"].get("insertMultiple", 0) >= 2, 30, "posting to start"
+    )
     assert host.process is not None
     started = time.monotonic()
     host.process.send_signal(signal.SIGTERM)
@@ -177,16 +184,21 @@ def test_a_second_sigterm_exits_at_once(host: DaemonHost) -> None:
     host.server.set_faults(latency_ms=2000, endpoints=["insertMultiple"])
     (host.inbox / "users.csv").write_text(users_csv(30, start=900))
     host.start()
-    wait_for(lambda: host.server.counters()["requests"].get("insertMultiple", 0) >= 1, 30, "a post in flight")
+    wait_until(
+        lambda: host.server.counters()["requests"].get("insertMultiple", 0) >= 1, 30, "a post in flight"
+    )
     assert host.process is not None
     started = time.monotonic()
     host.process.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
+    wait_until(
+        lambda: "SIGTERM: finishing the request in flight" in host.logs(), 5, "the first stop to be heard"
+    )
     host.process.send_signal(signal.SIGTERM)
     host.wait_exit(10)
     assert time.monotonic() - started < 1.5  # did not wait for the 2 s answer
     host.server.clear_faults()
-    time.sleep(2.5)  # let the held request commit at the instance, as a real one would
+    # The instance finishes the request it held, as a real one would, before the restart.
+    wait_until(lambda: host.server.counters()["requests_in_flight"] == 0, 10, "the held post to commit")
     host.start()
     [file] = host.wait_final(1)
     assert file["rows"] == {"inserted": 30}
@@ -217,10 +229,13 @@ def test_a_mapping_added_while_running_takes_effect_and_a_broken_one_is_ignored(
     [first] = host.wait_final(1)
     assert first["state"] == "rejected" and "no mapping matches" in first["error"]
     (host.root / "mappings" / "broken.yaml").write_text("staging_table: [not, a, name]\n")
-    time.sleep(1.5)  # a rescan: the broken file is reported, the mappings in use are kept
+    # A rescan: the broken file is reported, the mappings in use are kept.
+    wait_until(
+        lambda: "not valid; still using the previous ones" in host.logs(), 30, "the broken file reported"
+    )
     (host.root / "mappings" / "broken.yaml").unlink()
     host.mapping("users", USERS)
-    time.sleep(1.5)  # the next rescan reloads them
+    wait_until(lambda: "mappings reloaded:" in host.logs(), 30, "the next rescan to reload them")
     (host.inbox / "users-2.csv").write_text(users_csv(2, start=610))
     files = host.wait_final(2)
     assert files[1]["state"] == "done" and files[1]["rows"] == {"inserted": 2}

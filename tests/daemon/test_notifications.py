@@ -20,8 +20,9 @@ import pytest
 import requests
 
 from importer.sandbox.defaults import IMPORT_PASSWORD
-from tests.daemon.conftest import REPO, DaemonHost, wait_for
+from tests.daemon.conftest import REPO, DaemonHost
 from tests.smtp_server import Inbox, LoopbackController
+from tests.waiting import wait_until
 
 TOKEN = "T0K3N-never-in-a-log"
 
@@ -177,7 +178,7 @@ def test_a_mail_server_that_never_answers_delays_no_import_and_failures_are_coun
         host.start()
         shutil.copy(REPO / "samples" / "departments.csv", host.inbox / "departments.csv")
         host.wait_final(1)
-        wait_for(lambda: held, 30, "the e-mail of the first file to hang on the silent server")
+        wait_until(lambda: held, 30, "the e-mail of the first file to hang on the silent server")
         shutil.copy(REPO / "samples" / "hr_users.csv", host.inbox / "hr_users.csv")
         files = host.wait_final(2, timeout=45)
 
@@ -189,18 +190,16 @@ def test_a_mail_server_that_never_answers_delays_no_import_and_failures_are_coun
         )
 
         # The webhook (its own thread) gave up on both files, and said so in the log and metrics.
-        port = int(
-            wait_for(lambda: re.search(r"metrics on http://127.0.0.1:(\d+)/", host.logs()), 30, "metrics")[1]
-        )
+        metrics = host.metrics_url()
 
         def failed_webhooks() -> float:
-            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            text = requests.get(metrics, timeout=10).text
             found = re.search(
                 r'importer_notifications_total\{channel="webhook",outcome="failed"\} (\S+)', text
             )
             return float(found[1]) if found else 0.0
 
-        wait_for(lambda: failed_webhooks() == 2.0, 30, "two failed webhook notifications counted")
+        wait_until(lambda: failed_webhooks() == 2.0, 30, "two failed webhook notifications counted")
         logs = host.logs()
         assert f"notification file 1 (departments.csv) to http://127.0.0.1:{refused_port}/… not sent" in logs
         assert TOKEN not in logs

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from importer.sandbox import SandboxServer
-from tests.daemon.conftest import REPO, DaemonHost, wait_for
+from tests.daemon.conftest import REPO, DaemonHost
 from tests.daemon.users_file import USERS, users_csv
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def test_each_host_finishes_its_own_files_and_leaves_the_others_alone(
     alpha.server.set_faults(latency_ms=200, endpoints=["insertMultiple"])
     (alpha.inbox / "users-a.csv").write_text(users_csv(60, start=100))
     alpha.start()
-    wait_for(lambda: alpha.server.counters()["requests"].get("insertMultiple", 0) >= 2, 30, "alpha posting")
+    wait_until(lambda: alpha.server.counters()["requests"].get("insertMultiple", 0) >= 2, 30, "alpha posting")
     alpha.kill9()  # alpha dies mid-file
     (beta.inbox / "users-b.csv").write_text(users_csv(30, start=400))
     shutil.copy(REPO / "samples" / "departments.csv", beta.inbox / "departments.csv")
@@ -56,7 +57,7 @@ def test_each_host_finishes_its_own_files_and_leaves_the_others_alone(
         ]
         return done if len(done) == 2 else None
 
-    files = wait_for(betas_files_done, 60, "beta's two files")
+    files = wait_until(betas_files_done, 60, "beta's two files")
     assert sorted(f["name"] for f in files) == ["departments.csv", "users-b.csv"]
     states = {f["name"]: f["state"] for f in beta.status()}
     assert states["users-a.csv"] == "posting"  # alpha's file waits for alpha, in alpha's processing/

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import requests
 
@@ -17,6 +16,9 @@ from importer.sandbox.defaults import (
 )
 from tests.e2e.conftest import REPO, Workspace
 from tests.instance import default_data
+from tests.waiting import accepts_connections, wait_until
+
+OUTAGE_S = 3  # how long the instance is unreachable (the scenario; the test waits for its end)
 
 SIXTY_USERS = "Emp ID,First,Last,Dept,Title\n" + "".join(
     f"{500 + i:06d},F{i},L{i},Engineering,T{i}\n" for i in range(60)
@@ -110,14 +112,15 @@ def test_an_unreachable_instance_is_exit_1_and_the_same_command_later_resumes(wo
     workspace.mapping("users", USERS_MAPPING)
     path = workspace.file("users.csv", SIXTY_USERS)
     workspace.write_config(retry_attempts=2)
-    workspace.server.set_faults(outage_s=3)
-    time.sleep(0.2)  # the listening socket is closed: connections are refused from now on
+    server = workspace.server
+    server.set_faults(outage_s=OUTAGE_S)
+    wait_until(lambda: not accepts_connections(server.host, server.port), 5, "connections to be refused")
     result = workspace.cli("import", str(path))
     assert result.code == 1
     assert "unreachable" in result.stderr.lower() or "refused" in result.stderr.lower(), result.stderr
     assert "[instance] url" in result.stderr  # what to check
     workspace.server.clear_faults()
-    time.sleep(3.2)  # the outage ends
+    wait_until(lambda: accepts_connections(server.host, server.port), OUTAGE_S + 10, "the outage to end")
     again = workspace.cli("import", str(path), "--json")
     assert again.code == 0, again.output
     [summary] = json.loads(again.stdout)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import requests
 
 from importer.sandbox import defaults as d
+from tests.waiting import wait_until
 
 FAILURE = {"error_description": "access_denied", "error": "server_error"}
 
@@ -86,8 +85,14 @@ def test_access_token_expires_and_refresh_gives_a_new_one(sandbox):
     body = _token(sandbox, grant_type="password", username=d.IMPORT_USER, password=d.IMPORT_PASSWORD).json()
     assert body["expires_in"] == 0
     assert _get_sets(sandbox, body["access_token"]).status_code == 200
-    time.sleep(0.4)
-    expired = _get_sets(sandbox, body["access_token"])
+    answers: list[requests.Response] = []
+
+    def refused() -> bool:
+        answers.append(_get_sets(sandbox, body["access_token"]))
+        return answers[-1].status_code != 200
+
+    wait_until(refused, 5, "the access token to expire")
+    expired = answers[-1]
     assert expired.status_code == 401
     assert expired.json()["error"]["message"] == "User Not Authenticated"
     requests.post(f"{sandbox.url}/sandbox/admin/oauth", json={"access_token_lifetime_s": 1800})
@@ -100,8 +105,14 @@ def test_access_token_expires_and_refresh_gives_a_new_one(sandbox):
 def test_refresh_token_expires(sandbox):
     requests.post(f"{sandbox.url}/sandbox/admin/oauth", json={"refresh_token_lifetime_s": 0.2})
     body = _token(sandbox, grant_type="password", username=d.IMPORT_USER, password=d.IMPORT_PASSWORD).json()
-    time.sleep(0.3)
-    r = _token(sandbox, grant_type="refresh_token", refresh_token=body["refresh_token"])
+    answers: list[requests.Response] = []
+
+    def refused() -> bool:
+        answers.append(_token(sandbox, grant_type="refresh_token", refresh_token=body["refresh_token"]))
+        return answers[-1].status_code != 200
+
+    wait_until(refused, 5, "the refresh token to expire")
+    r = answers[-1]
     assert (r.status_code, r.json()) == (401, FAILURE)
 
 

@@ -6,9 +6,10 @@ import time
 
 import pytest
 import requests
-from sandbox_helpers import rows_of, wait_for
+from sandbox_helpers import rows_of
 
 from importer.sandbox import defaults as d
+from tests.waiting import wait_until
 
 HR = "u_hr_user_import"
 RECORD = {
@@ -110,7 +111,7 @@ def test_outage_refuses_connections_then_comes_back(sandbox, api):
     _faults(sandbox, outage_s=0.5)
     with pytest.raises(requests.ConnectionError):
         requests.get(url, auth=s.auth, timeout=2)
-    wait_for(lambda: _reachable(url, s.auth), timeout=5)
+    wait_until(lambda: _reachable(url, s.auth), timeout=5)
     assert s.get(url).status_code == 200
     assert sandbox.counters()["faults_injected"]["outage"] == 1
 

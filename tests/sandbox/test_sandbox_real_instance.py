@@ -10,10 +10,10 @@ import threading
 import time
 
 import requests
-from sandbox_helpers import wait_for
 
 from importer.sandbox import defaults as d
 from tests.instance import default_data
+from tests.waiting import wait_until
 
 HR = "u_hr_user_import"
 
@@ -103,7 +103,7 @@ def test_connections_are_kept_alive_and_closed_when_idle(make_sandbox) -> None:
         sock = conn.sock
         assert sock is not None
         # Idle past keepalive_idle_s: the server closes it (the client sees end of stream).
-        assert wait_for(lambda: sock.recv(1) == b"", timeout=5)
+        assert wait_until(lambda: sock.recv(1) == b"", timeout=5)
     finally:
         conn.close()
 
@@ -175,16 +175,17 @@ def test_chosen_sets_are_cancelled_end_in_error_or_never_transform(sandbox, api)
         cancel_import_sets=[1], oncomplete_error_import_sets=[2], untransformed_import_sets=[3]
     )
     cancelled, errored, held = (_post(s, sandbox.url, n) for n in (960, 962, 964))
-    wait_for(lambda: _state(s, sandbox.url, cancelled) == "cancelled")
+    wait_until(lambda: _state(s, sandbox.url, cancelled) == "cancelled")
     runs = s.get(
         f"{sandbox.url}/api/now/table/sys_import_set_run", params={"sysparm_query": f"set={cancelled}"}
     )
     assert [r["state"] for r in runs.json()["result"]] == ["Cancelled"]
-    wait_for(lambda: _state(s, sandbox.url, errored) == "error")
-    time.sleep(0.3)  # several scheduler periods: the held set is still loaded
+    wait_until(lambda: _state(s, sandbox.url, errored) == "error")
+    later = _post(s, sandbox.url, 966)  # loaded after the held set, at a later scheduler period
+    wait_until(lambda: _state(s, sandbox.url, later) == "processed", 10, "a set loaded later to transform")
     assert _state(s, sandbox.url, held) == "loaded"
     sandbox.set_faults(untransformed_import_sets=[])
-    wait_for(lambda: _state(s, sandbox.url, held) == "processed")
+    wait_until(lambda: _state(s, sandbox.url, held) == "processed")
 
 
 def test_acl_filtered_reads_keep_counting_the_hidden_rows_and_the_import_get_is_403(sandbox, api) -> None:
