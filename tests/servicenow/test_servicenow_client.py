@@ -18,6 +18,7 @@ import importer.sandbox as sandbox_package
 from importer.errors import AmbiguousResponse, AuthError, InstanceError, RequestTooLarge, TransientError
 from importer.sandbox import defaults
 from importer.servicenow import ImportSetRef, InstanceClient
+from tests.waiting import accepts_connections, wait_until
 
 HR = "u_hr_user_import"
 
@@ -49,14 +50,13 @@ def wait_for_transform(
     client: InstanceClient, ref: ImportSetRef, rows: int, timeout_s: float = 10
 ) -> list[dict]:
     """The staging rows of an import set once none is pending any more."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def transformed() -> list[dict] | None:
         staged = list(client.query(HR, f"sys_import_set={ref.import_set_id}"))
-        if len(staged) == rows and all(row.get("sys_import_state") not in ("", "pending") for row in staged):
-            return staged
-        if time.monotonic() > deadline:
-            raise AssertionError(f"import set not transformed in {timeout_s} s: {staged}")
-        threading.Event().wait(0.05)
+        pending = [row for row in staged if row.get("sys_import_state") in ("", "pending")]
+        return staged if len(staged) == rows and not pending else None
+
+    return wait_until(transformed, timeout_s, f"import set {ref.import_set_id} to transform", interval=0.05)
 
 
 def set_token_lifetime(server: Any, seconds: float) -> None:
@@ -75,7 +75,7 @@ def begin_outage(server: Any, seconds: float) -> None:
     are still accepted into the backlog, then reset after the request was sent (which the client
     rightly reports as ambiguous for insertMultiple)."""
     server.set_faults(outage_s=seconds)
-    threading.Event().wait(0.2)
+    wait_until(lambda: not accepts_connections(server.host, server.port), 5, "connections to be refused")
 
 
 def default_data(**instance: Any) -> dict[str, Any]:
@@ -254,12 +254,16 @@ def test_oauth_token_expiry_mid_run_is_refreshed(
     set_token_lifetime(sandbox, 2)
     reasons: list[str] = []
     client = make_client(sandbox, on_retry=lambda r, s: reasons.append(r), **oauth())
-    deadline = time.monotonic() + 5  # several lifetimes
     calls = 0
-    while time.monotonic() < deadline:
+
+    def call_then_count_grants() -> bool:
+        nonlocal calls
         assert client.count("cmn_department") == 4
         calls += 1
-        threading.Event().wait(0.1)
+        return int(sandbox.counters()["requests"].get("oauth", 0)) >= 4
+
+    # Calls every 0.1 s over several token lifetimes: until the token was granted, then refreshed 3 times.
+    wait_until(call_then_count_grants, 30, "the token to be refreshed three times", interval=0.1)
     assert calls > 10
     assert reasons == []
     requests_seen = sandbox.counters()["requests"]
@@ -400,10 +404,19 @@ def test_stop_event_interrupts_a_retry_wait(sandbox: Any, make_client: MakeClien
     sandbox.set_faults(rate_limit_every=1, rate_limit_retry_after=30)
     stop = threading.Event()
     client = make_client(sandbox, stop_event=stop)
-    threading.Timer(0.3, stop.set).start()
+
+    def stop_once_refused() -> None:  # the client is then waiting the 30 s it was told to
+        try:
+            wait_until(lambda: sandbox.counters()["faults_injected"]["429"] >= 1, 10, "the first refusal")
+        finally:
+            stop.set()
+
+    stopper = threading.Thread(target=stop_once_refused)
+    stopper.start()
     started = time.monotonic()
     with pytest.raises(TransientError, match="stopped"):
         client.count("cmn_department")
+    stopper.join()
     assert time.monotonic() - started < 3
     sandbox.clear_faults()
 
