@@ -165,15 +165,6 @@ class SandboxApp:
         if kind == "admin":
             return self.admin(action, request)
         self.counters.add_request(kind)
-        self.counters.request_started()
-        try:
-            return self._serve_api(request, kind, action, args, version)
-        finally:
-            self.counters.request_finished()
-
-    def _serve_api(
-        self, request: Request, kind: str, action: str, args: Mapping[str, Any], version: str | None
-    ) -> Response:
         if request.environ.get("sandbox.requests_on_connection", 1) > 1 and self.faults.picks(
             "close_on_reuse", kind
         ):
@@ -563,7 +554,11 @@ class SandboxApp:
     # ------------------------------------------------------------------ admin (no auth)
 
     def counters_snapshot(self) -> dict[str, Any]:
-        return {**self.counters.snapshot(), "sessions": self.sessions.snapshot()}
+        return {
+            **self.counters.snapshot(),
+            "sessions": self.sessions.snapshot(),
+            "requests_in_flight": self.engine.requests_in_flight(),
+        }
 
     def admin(self, action: str, request: Request) -> Response:
         if action == "counters":

@@ -11,7 +11,6 @@ class Counters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()
-        self.in_flight = 0  # API requests being served now (tests wait for a held one to finish)
         self.rows_received = 0
         self.rows_transformed = 0
         self.unknown_keys_dropped = 0
@@ -35,14 +34,6 @@ class Counters:
         with self._lock:
             self.requests[kind] += 1
 
-    def request_started(self) -> None:
-        with self._lock:
-            self.in_flight += 1
-
-    def request_finished(self) -> None:
-        with self._lock:
-            self.in_flight -= 1
-
     def add_rows_received(self, rows: int, dropped: int, mangled: int) -> None:
         with self._lock:
             self.rows_received += rows
@@ -61,7 +52,6 @@ class Counters:
         with self._lock:
             return {
                 "requests": dict(self.requests),
-                "requests_in_flight": self.in_flight,
                 "rows_received": self.rows_received,
                 "rows_transformed": self.rows_transformed,
                 "unknown_keys_dropped": self.unknown_keys_dropped,

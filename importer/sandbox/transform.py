@@ -214,6 +214,11 @@ class TransformEngine:
             self._connections -= 1
             self._quiet_since = time.monotonic()
 
+    def requests_in_flight(self) -> int:
+        """HTTP requests being served now (one reading this over HTTP counts itself)."""
+        with self._busy_lock:
+            return self._connections
+
     def _api_busy(self) -> bool:
         with self._busy_lock:
             return self._connections > 0 or time.monotonic() - self._quiet_since < QUIET_S
