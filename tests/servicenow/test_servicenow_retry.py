@@ -11,6 +11,7 @@ import pytest
 from importer.errors import AmbiguousResponse, AuthError, TransientError
 from importer.servicenow import ClientSettings, InstanceClient
 from importer.servicenow.retry import RetryPolicy, call_with_retries
+from tests.waiting import wait_until
 
 FAST = RetryPolicy(attempts=4, backoff_s=0.01, backoff_max_s=0.02)
 
@@ -78,11 +79,21 @@ def test_retry_after_beyond_the_cap_fails_at_once() -> None:
 def test_stop_event_interrupts_a_wait() -> None:
     stop = threading.Event()
     attempt = Flaky(*[TransientError("slow down", status=429, retry_after=30) for _ in range(3)])
-    threading.Timer(0.2, stop.set).start()
+
+    def stop_once_refused() -> None:  # the call is then waiting the 30 s it was told to
+        try:
+            wait_until(lambda: attempt.calls >= 1, 10, "the first attempt")
+        finally:
+            stop.set()
+
+    stopper = threading.Thread(target=stop_once_refused)
+    stopper.start()
     started = time.monotonic()
     with pytest.raises(TransientError, match="stopped"):
         call_with_retries(attempt, policy=RetryPolicy(attempts=3), what="test", stop_event=stop)
+    stopper.join()
     assert time.monotonic() - started < 2
+    assert attempt.calls == 1
 
 
 def closed_port() -> int:
