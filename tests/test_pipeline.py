@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from importer.pipeline import _holds_values, prefetched
+from importer.pipeline import prefetched
+from importer.pipeline.recovery import _holds_values
 
 
 def test_a_staging_row_is_recognised_by_most_of_its_values() -> None:

@@ -18,6 +18,8 @@ class FileState(StrEnum):
 FINAL_FILE_STATES = frozenset(
     {FileState.DONE, FileState.DONE_WITH_ERRORS, FileState.REJECTED, FileState.DUPLICATE}
 )
+# Finished with every row's result recorded (some may be in error): what verify reads back.
+DONE_FILE_STATES = frozenset({FileState.DONE, FileState.DONE_WITH_ERRORS})
 # Not every row is sent yet: posting these again resumes them (nothing is sent twice).
 UNSENT_FILE_STATES = frozenset({FileState.QUEUED, FileState.POSTING})
 
@@ -65,3 +67,11 @@ def combined_row_state(map_states: list[RowState]) -> RowState:
         if state in map_states:
             return state
     return RowState.ERROR  # an unknown state from the instance is not a success
+
+
+# Batches the instance took (an import set holds their rows).
+SENT_BATCH_STATES = frozenset({BatchState.POSTED, BatchState.COMPLETE})
+# Batches a crash or a refusal left unsettled: settled before more is sent.
+UNSETTLED_BATCH_STATES = frozenset({BatchState.POSTING, BatchState.PARKED})
+# Batches whose rows have no result yet: a file with any of them cannot finish.
+UNFINISHED_BATCH_STATES = frozenset({BatchState.POSTING, BatchState.POSTED, BatchState.PARKED})

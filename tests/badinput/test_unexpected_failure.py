@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import importer.pipeline
+import importer.pipeline.posting
 from tests.e2e.conftest import Workspace
 
 CSV = "Code,Name\nENG,Engineering\nFIN,Finance\n"
@@ -16,7 +16,7 @@ CSV = "Code,Name\nENG,Engineering\nFIN,Finance\n"
 def test_a_crash_on_one_file_refuses_it_and_the_next_file_is_imported(
     workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = importer.pipeline.build_batches
+    real = importer.pipeline.posting.build_batches
 
     def crash_on_finance(rows, *args):  # a bug in a step after reading, met on one file's content
         rows = list(rows)
@@ -24,7 +24,7 @@ def test_a_crash_on_one_file_refuses_it_and_the_next_file_is_imported(
             raise ZeroDivisionError("division by zero")
         return real(iter(rows), *args)
 
-    monkeypatch.setattr(importer.pipeline, "build_batches", crash_on_finance)
+    monkeypatch.setattr(importer.pipeline.posting, "build_batches", crash_on_finance)
     bad = workspace.cli("import", str(workspace.file("departments-bad.csv", CSV)), "--json")
     assert bad.code == 3, bad.output
     assert "failed unexpectedly on this file (ZeroDivisionError: division by zero)" in bad.output

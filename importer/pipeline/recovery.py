@@ -1,0 +1,139 @@
+"""Lost answers: a batch sent whose answer never came (a crash, a dropped connection) is looked
+for at the instance before anything is sent again, so no row is imported twice."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from importer.batching import Batch, encode_body
+from importer.errors import TransientError
+from importer.ledger import BatchRecord, BatchState
+from importer.ledger.states import UNSETTLED_BATCH_STATES
+from importer.mapping import TranslatedRow
+from importer.pipeline.job import Chain, Context, Job
+from importer.pipeline.reading import translated_rows
+from importer.pipeline.results import _field
+
+log = logging.getLogger("importer.pipeline")
+
+# Record that a batch's import set is known: (job, chain, batch id, import set, multi import set).
+Accept = Callable[[Job, Chain, int, str, str], None]
+# Send a batch again; True when the instance took it.
+Resend = Callable[[Job, Batch, Chain], bool]
+
+
+def _holds_values(staged: dict[str, Any], record: dict[str, str]) -> bool:
+    """Whether a staging row holds the values of the record we sent. Staging columns are named,
+    not labelled, may truncate a value to their length, and drop a key they do not know: so
+    compare values, and ask for most of them, not all."""
+    got = [v for v in staged.values() if isinstance(v, str) and v]
+    wanted = [v for v in record.values() if v]
+    found = sum(1 for v in wanted if any(v == g or (len(g) >= 10 and v.startswith(g)) for g in got))
+    return not wanted or found * 2 >= len(wanted)
+
+
+class Recovery:
+    def __init__(self, ctx: Context, accept: Accept) -> None:
+        self.ctx = ctx
+        self.accept = accept
+
+    def resolve_unfinished_batches(
+        self, job: Job, chain: Chain, resend: Resend, retry_parked_now: bool
+    ) -> bool:
+        """Before sending more: settle batches a crash or a refusal left behind.
+
+        ``posting`` batches may or may not have reached the instance; ``parked`` ones did not.
+        Returns False when the instance cannot be asked right now (try again later).
+        """
+        now = datetime.now(UTC)
+        ledger = self.ctx.ledger
+        for batch in ledger.batches(job.file_id, UNSETTLED_BATCH_STATES):
+            if batch.state == BatchState.PARKED:
+                if batch.next_attempt_at and batch.next_attempt_at > now and not retry_parked_now:
+                    return False
+                ledger.abandon_batch(batch.id, f"parked ({batch.last_error}); rows sent again")
+                continue
+            try:
+                if not self.resolve_lost_answer(job, batch.id, chain, resend, rows=None):
+                    return False
+            except TransientError:
+                return False
+        return True
+
+    def resolve_lost_answer(
+        self,
+        job: Job,
+        batch_id: int,
+        chain: Chain,
+        resend: Resend,
+        *,
+        rows: Iterable[TranslatedRow] | None,
+    ) -> bool:
+        """A batch whose answer was lost: find its import set at the instance, or send it again
+        (``rows``; without them, on resume, they are read again from the file and re-batched)."""
+        ledger = self.ctx.ledger
+        batch = next(b for b in ledger.batches(job.file_id) if b.id == batch_id)
+        rows = list(rows) if rows is not None else None
+        first = rows[0] if rows else self._source_row(job, batch.first_source_row)
+        found = self.find_posted_import_set(job.mapping.staging_table, batch, first.record if first else None)
+        if found is not None:
+            import_set_id, multi_id = found
+            self.accept(job, chain, batch_id, import_set_id, multi_id)
+            log.info(
+                "file=%s batch=%s found at the instance as import set %s",
+                job.file_id,
+                batch_id,
+                import_set_id,
+            )
+            return True
+        ledger.abandon_batch(batch_id, "not found at the instance after a lost answer; sent again")
+        if rows is None:
+            return True
+        again = Batch(rows=tuple(rows), body=encode_body([row.record or {} for row in rows]))
+        return resend(job, again, chain)
+
+    def _source_row(self, job: Job, number: int) -> TranslatedRow | None:
+        rows = translated_rows(
+            Path(job.record.path),
+            job.mapping,
+            limits=self.ctx.config.limits.read_limits(),
+            stop_event=self.ctx.stop_event,
+        )
+        return next((r for r in rows if r.number == number), None)
+
+    def find_posted_import_set(
+        self, staging_table: str, batch: BatchRecord, first_record: dict[str, str] | None
+    ) -> tuple[str, str] | None:
+        """Look for an import set holding this batch: created on this staging table since the
+        batch was sent, not claimed by another batch, with as many rows, and whose first row
+        holds the batch's first record's values (another host's set of the same size does not)."""
+        client = self.ctx.client
+        started = (batch.posting_started_at or datetime.now(UTC)) - timedelta(seconds=2)
+        since = started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        claimed = self.ctx.ledger.claimed_import_sets(staging_table)
+        candidates = [
+            record
+            for record in client.query(
+                "sys_import_set",
+                f"table_name={staging_table}^sys_created_on>={since}^ORDERBYsys_created_on",
+                fields=["sys_id", "sys_created_on", "multi_import_set"],
+            )
+            if _field(record, "sys_id") not in claimed
+        ]
+        for candidate in candidates:
+            sys_id = _field(candidate, "sys_id")
+            count = client.count(staging_table, f"sys_import_set={sys_id}")
+            if count != batch.row_count:
+                continue
+            if first_record is not None:
+                staged = next(
+                    iter(client.query(staging_table, f"sys_import_set={sys_id}^sys_import_row=0")), {}
+                )
+                if not _holds_values(staged, first_record):
+                    continue
+            return sys_id, _field(candidate, "multi_import_set")
+        return None
