@@ -553,16 +553,18 @@ class SandboxApp:
 
     # ------------------------------------------------------------------ admin (no auth)
 
-    def counters_snapshot(self) -> dict[str, Any]:
+    def counters_snapshot(self, over_http: bool = False) -> dict[str, Any]:
+        # Requests being served, not counting the admin request that asks (over_http).
+        in_flight = self.engine.requests_in_flight() - (1 if over_http else 0)
         return {
             **self.counters.snapshot(),
             "sessions": self.sessions.snapshot(),
-            "requests_in_flight": self.engine.requests_in_flight(),
+            "requests_in_flight": in_flight,
         }
 
     def admin(self, action: str, request: Request) -> Response:
         if action == "counters":
-            return json_response(self.counters_snapshot())
+            return json_response(self.counters_snapshot(over_http=True))
         if action == "data":
             wanted = [t for t in request.args.get("tables", "").split(",") if t]
             return json_response(self.store.dump(wanted or None))
