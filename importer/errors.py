@@ -80,3 +80,31 @@ class TransientError(InstanceError):
 
 class AmbiguousResponse(TransientError):
     """The request was sent but the answer was lost: the instance may or may not have committed it."""
+
+
+class LedgerError(ImporterError):
+    """The ledger database failed, or is in a state this version cannot use: the message says
+    what to do; nothing recorded is lost, and the same command resumes once it is fixed (exit 1).
+
+    Database errors become one of the subclasses in one place (importer/ledger/engine.py), so
+    SQLAlchemy's own never reach the person reading the message."""
+
+
+class LedgerLocked(LedgerError):
+    """Another process held the ledger's write lock for longer than the ledger waits."""
+
+
+class LedgerFull(LedgerError):
+    """The disk (or the database's quota) holding the ledger is full."""
+
+
+class LedgerCorrupt(LedgerError):
+    """The ledger file is not a database this version can read: restore it, never recreate it."""
+
+
+class LedgerUnreachable(LedgerError):
+    """The ledger's database server cannot be reached (refused, unknown host, authentication)."""
+
+
+class LedgerReadOnly(LedgerError):
+    """The ledger may be read but not written (file permissions, a read-only mount or server)."""

@@ -131,7 +131,7 @@ def test_an_upgrade_from_the_first_schema_keeps_every_file(ledger_url: str) -> N
     from alembic.config import Config as AlembicConfig
     from sqlalchemy import text
 
-    from importer.ledger.store import MIGRATIONS
+    from importer.ledger.engine import MIGRATIONS
 
     old = Ledger(ledger_url, migrate=False)
     cfg = AlembicConfig()

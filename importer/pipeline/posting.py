@@ -10,8 +10,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from importer.batching import Batch, OversizeRow, build_batches, split_batch
 from importer.errors import (
     AmbiguousResponse,
@@ -119,7 +117,7 @@ class Posting:
         ledger.begin_attempt(file_id)
         try:
             return self._process_file(record, progress or Progress(), retry_parked_now)
-        except (ImporterError, SQLAlchemyError, IllegalTransition):
+        except ImporterError:  # LedgerError and IllegalTransition among them
             raise  # refusals are handled inside; the instance's or the ledger's trouble is not the file's
         except Exception as exc:
             # A reader or a step crashed on this file's content: refuse the file, never loop on it.
