@@ -29,7 +29,7 @@ from typing import Any
 from importer import inbox
 from importer.app import Runtime, runtime
 from importer.config import Config
-from importer.errors import ConfigError, ImporterError, InputFileError, TransientError
+from importer.errors import ConfigError, ImporterError, InputFileError, LedgerError, TransientError
 from importer.exit_codes import EXIT_FAILURE, EXIT_OK, exit_code_for
 from importer.ledger import BatchState, FileState
 from importer.ledger.states import UNSENT_FILE_STATES
@@ -358,7 +358,7 @@ class Daemon:
             self.last_successful_poll = datetime.now(UTC)
             for file_id in finished:
                 self.notifier.status(f"file {file_id} finished")
-        except TransientError as exc:
+        except (TransientError, LedgerError) as exc:  # a busy instance, a locked or full ledger
             log.warning("polling results failed (%s); next poll in %ss", exc, self.config.daemon.poll_s)
         except Exception:
             log.exception("polling results failed")
