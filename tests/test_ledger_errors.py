@@ -49,13 +49,14 @@ def _file(ledger: Ledger) -> int:
     )
 
 
-@pytest.mark.parametrize("command", [["status"], ["import", "people.csv"]])
+@pytest.mark.parametrize("command", [["status"], ["import", "people.csv"], ["run", "--once"]])
 def test_a_corrupt_ledger_is_named_and_left_as_it_is(tmp_path: Path, command: list[str]) -> None:
     path = tmp_path / "ledger.db"
     garbage = b"this is no database, it was overwritten by a backup tool gone wrong\n" * 64
     path.write_bytes(garbage)
     (tmp_path / "people.csv").write_text("name\nAda\n")
     (tmp_path / "mappings").mkdir()
+    (tmp_path / "inbox").mkdir()
     line = one_line(importer(*command, cwd=tmp_path, ledger=f"sqlite:///{path}"))
     assert line.startswith(f"importer: {path} is not a valid ledger database ")
     assert "restore it from the backup, see README Back up" in line

@@ -17,7 +17,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, ExceptionContext, make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from importer.errors import (
     ConfigError,
@@ -244,8 +243,8 @@ class LedgerEngine:
             cfg.attributes["connection"] = connection
             try:
                 command.upgrade(cfg, "head")
-            except SQLAlchemyError:
-                raise  # already a LedgerError when it came from the database
+            except LedgerError:
+                raise  # the database's own trouble, already translated
             except Exception as exc:  # alembic's own (a revision this version does not know)
                 raise LedgerError(
                     f"cannot migrate the ledger {self.where}: {exc}; is it from a newer importer?"
