@@ -21,10 +21,14 @@ from importer.ledger.records import (
     file_record,
 )
 from importer.ledger.schema import batches, files, results, rows
-from importer.ledger.states import FAILED_ROW_STATES, FINAL_FILE_STATES, BatchState, FileState
-
-# Batches of a file not yet settled: sending, sent and waiting, or waiting to be sent again.
-IN_FLIGHT_BATCH_STATES = frozenset({BatchState.POSTING, BatchState.POSTED, BatchState.PARKED})
+from importer.ledger.states import (
+    FAILED_ROW_STATES,
+    FINAL_FILE_STATES,
+    SENT_BATCH_STATES,
+    UNFINISHED_BATCH_STATES,
+    BatchState,
+    FileState,
+)
 
 
 def row_counts_in(conn: Connection, file_id: int) -> dict[str, int]:
@@ -156,7 +160,7 @@ class LedgerQueries(LedgerRoom):
                 .where(
                     batches.c.file_id == file_id,
                     batches.c.import_set_id.is_not(None),
-                    batches.c.state.in_([BatchState.POSTED, BatchState.COMPLETE]),
+                    batches.c.state.in_(list(SENT_BATCH_STATES)),
                 )
                 .order_by(batches.c.id.desc())
                 .limit(1)
@@ -220,7 +224,7 @@ class LedgerQueries(LedgerRoom):
                             .select_from(batches)
                             .where(
                                 batches.c.file_id == record.id,
-                                batches.c.state.in_(list(IN_FLIGHT_BATCH_STATES)),
+                                batches.c.state.in_(list(UNFINISHED_BATCH_STATES)),
                             )
                         ).scalar()
                         or 0

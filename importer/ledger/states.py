@@ -75,3 +75,6 @@ SENT_BATCH_STATES = frozenset({BatchState.POSTED, BatchState.COMPLETE})
 UNSETTLED_BATCH_STATES = frozenset({BatchState.POSTING, BatchState.PARKED})
 # Batches whose rows have no result yet: a file with any of them cannot finish.
 UNFINISHED_BATCH_STATES = frozenset({BatchState.POSTING, BatchState.POSTED, BatchState.PARKED})
+# Batches whose import set is still to be looked at: posted ones, and timed-out ones (a later
+# poll may find their set processed and record its real results).
+AWAITING_RESULTS_BATCH_STATES = frozenset({BatchState.POSTED, BatchState.TIMED_OUT})

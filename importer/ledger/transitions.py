@@ -22,6 +22,7 @@ from importer.ledger.queries import LedgerRoom, row_counts_in
 from importer.ledger.records import RowResult, utcnow
 from importer.ledger.schema import batches, files, results, rows
 from importer.ledger.states import (
+    AWAITING_RESULTS_BATCH_STATES,
     FAILED_ROW_STATES,
     BatchState,
     FileState,
@@ -60,8 +61,6 @@ _FAILURES = {
     (batches.name, _B.ABANDONED): "last_error",
     (batches.name, _B.TIMED_OUT): "last_error",
 }
-# Batches whose import set's results are awaited.
-AWAITING_RESULTS = frozenset({_B.POSTED, _B.TIMED_OUT})
 
 
 class IllegalTransition(LedgerError):
@@ -412,7 +411,7 @@ class LedgerTransitions(LedgerRoom):
         if sent_directly:
             awaiting: frozenset[BatchState] = frozenset({BatchState.POSTING})
         else:
-            awaiting = frozenset({BatchState.POSTED}) if timed_out else AWAITING_RESULTS
+            awaiting = frozenset({BatchState.POSTED}) if timed_out else AWAITING_RESULTS_BATCH_STATES
         recorded = {bid: found[bid] for bid in wanted if bid in found and found[bid].state in awaiting}
         if not recorded:
             return {}

@@ -19,7 +19,7 @@ from importer.errors import (
     RequestTooLarge,
     TransientError,
 )
-from importer.ledger import FileRecord, FileState, IllegalTransition
+from importer.ledger import FileRecord, FileState
 from importer.ledger.states import SENT_BATCH_STATES
 from importer.mapping import Mapping, TranslatedRow, chain_groups, find_mapping
 from importer.pipeline.completion import Completion
