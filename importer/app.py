@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from importer.config import Config
 from importer.ledger import Ledger
-from importer.mapping import Mapping, load_mappings
+from importer.mapping import Mapping
+from importer.mapping_files import load_mappings
 from importer.notifications import Notifier
 from importer.pipeline import Importer
 from importer.servicenow import ClientSettings, InstanceClient

@@ -13,21 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from importer.errors import ConfigError
-from importer.mapping import (
-    ColumnSpec,
-    Mapping,
-    TranslatedRow,
-    _check_keys,
-    _choice,
-    _parse_column,
-    _parse_csv,
-    _parse_excel,
-    _parse_json,
-    _Problems,
-    _text_list,
-    _type_name,
-)
+from importer.mapping import ColumnSpec, Mapping, TranslatedRow, build_mapping, parse_column
+from importer.mapping_fields import Problems, as_choice, as_text_list, check_keys, type_name
 
 SERVICE_TABLE = "cmdb_ci_service_auto"
 SINGLE_FIELDS = ("number", "environment", "version", "cmdb_group")
@@ -41,24 +28,24 @@ MAX_LENGTHS = {"name": 255, "environment": 40, "version": 40}
 
 def parse_app_service_mapping(name: str, data: dict[str, Any], source: str) -> Mapping:
     """Validate a ``kind: app_service`` mapping; raises ConfigError listing every problem."""
-    problems = _Problems(source)
-    _check_keys(problems, "", data, _TOP_KEYS)
-    match = _text_list(problems, "match", data["match"]) if data.get("match") is not None else ()
+    problems = Problems(source)
+    check_keys(problems, "", data, _TOP_KEYS)
+    match = as_text_list(problems, "match", data["match"]) if data.get("match") is not None else ()
     options: dict[str, Any] = {}
     if "unmapped" in data:
-        options["unmapped"] = _choice(problems, "unmapped", data["unmapped"], ("ignore", "error"))
+        options["unmapped"] = as_choice(problems, "unmapped", data["unmapped"], ("ignore", "error"))
     if "verify" in data:
         if isinstance(data["verify"], bool):
             options["verify"] = data["verify"]
         else:
-            problems.add("verify", f"must be true or false, got {_type_name(data['verify'])}")
+            problems.add("verify", f"must be true or false, got {type_name(data['verify'])}")
     columns: list[ColumnSpec] = []
     raw_columns = data.get("columns")
     if not isinstance(raw_columns, dict) or not raw_columns:
         problems.add("columns", 'field required: "source header": service field, at least one to name')
     else:
         for header, spec in raw_columns.items():
-            column = _parse_column(problems, header, spec)
+            column = parse_column(problems, header, spec)
             if column is None:
                 continue
             if column.to not in SERVICE_FIELDS:
@@ -79,20 +66,14 @@ def parse_app_service_mapping(name: str, data: dict[str, Any], source: str) -> M
         problems.add("columns", "ci_class is mapped but ci is not: the class is the CI's")
     if "parent_ci" in targets and "ci" not in targets:
         problems.add("columns", "parent_ci is mapped but ci is not: a relation needs its child CI")
-    csv = _parse_csv(problems, data.get("csv"))
-    excel = _parse_excel(problems, data.get("excel"))
-    json_options = _parse_json(problems, data.get("json"))
-    if problems.items:
-        raise ConfigError(problems.items[0], problems=problems.items, mapping=name)
-    return Mapping(
+    return build_mapping(
+        problems,
+        data,
         name=name,
         source=source,
         staging_table=SERVICE_TABLE,
         kind="app_service",
         match=match,
-        csv=csv,
-        excel=excel,
-        json=json_options,
         columns=tuple(columns),
         **options,
     )

@@ -8,7 +8,8 @@ from pathlib import Path, PurePosixPath
 
 from importer.config import Config
 from importer.errors import InputFileError, InstanceError
-from importer.mapping import Mapping, find_mapping
+from importer.mapping import Mapping
+from importer.mapping_files import find_mapping
 from importer.pipeline import translated_rows, unknown_staging_keys
 from importer.readers.options import ReadLimits
 from importer.servicenow import InstanceClient

@@ -33,7 +33,8 @@ from importer.errors import ConfigError, ImporterError, InputFileError, LedgerEr
 from importer.exit_codes import EXIT_FAILURE, EXIT_OK, exit_code_for
 from importer.ledger import BatchState, FileState
 from importer.ledger.states import UNSENT_FILE_STATES
-from importer.mapping import chain_groups, load_mappings
+from importer.mapping import chain_groups
+from importer.mapping_files import load_mappings
 from importer.notify import SystemdNotifier
 
 log = logging.getLogger("importer.daemon")

@@ -397,7 +397,7 @@ def fail_file(
         f"The importer does not retry files in this folder by itself; the file next to this note\n"
         f"({target.name}) is the file exactly as it was dropped.\n"
     )
-    _write_atomically(failed_dir / f"{target.name}.error.txt", lambda out: out.write(note.encode("utf-8")))
+    write_atomically(failed_dir / f"{target.name}.error.txt", lambda out: out.write(note.encode("utf-8")))
     return target
 
 
@@ -414,7 +414,7 @@ def write_report(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str,
         writer.writerow([excel_safe(column) for column in columns])
         writer.writerows(_report_lines(columns, rows))
 
-    _write_atomically(path, write)
+    write_atomically(path, write)
     return path
 
 
@@ -432,13 +432,17 @@ def excel_safe(value: object) -> str:
     return cell
 
 
-def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+def write_atomically(path: Path, write: Callable[[BinaryIO], object], *, mode: int | None = None) -> None:
+    """Write ``path`` under a hidden temporary name in its folder (0600, or ``mode``), fsync,
+    rename over ``path``, fsync the folder: a reader sees the old file or the whole new one."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:50]}.", suffix=".tmp")  # 0600
     try:
         with open(fd, "wb") as out:
             write(out)
             out.flush()
             os.fsync(out.fileno())
+        if mode is not None:
+            os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -451,23 +455,32 @@ def ensure_private_dirs(*dirs: Path) -> None:
     """``mkdir -p`` where every folder created is 0700 (whatever the umask). Folders that already
     exist are left as they are: the inbox, for one, is the operator's to set up."""
     for folder in dirs:
-        missing: list[Path] = []
-        current = Path(folder)
-        while not current.is_dir():
-            if os.path.lexists(current):
-                raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(current))
-            missing.append(current)
-            if current.parent == current:
-                break
-            current = current.parent
-        for path in reversed(missing):
-            try:
-                os.mkdir(path, 0o700)
-            except FileExistsError:
-                if not path.is_dir():
-                    raise
-                continue  # made by someone else meanwhile: not ours to chmod
-            os.chmod(path, 0o700)  # the umask may have removed owner bits
+        ensure_dirs(folder, 0o700)
+
+
+def ensure_dirs(folder: Path, mode: int, *, keep_setgid: bool = False) -> None:
+    """``mkdir -p`` where every folder created gets ``mode`` whatever the umask (a service's
+    umask, 0077, would take the group's bits); folders that exist are left as they are.
+    ``keep_setgid``: a setgid bit that Linux passed on from the parent stays, so the parent's
+    group still owns what is inside."""
+    missing: list[Path] = []
+    current = Path(folder)
+    while not current.is_dir():
+        if os.path.lexists(current):
+            raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(current))
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+            continue  # made by someone else meanwhile: not ours to chmod
+        setgid = os.stat(path).st_mode & stat.S_ISGID if keep_setgid else 0
+        os.chmod(path, mode | setgid)
 
 
 def file_sha256(path: Path) -> str:

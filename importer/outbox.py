@@ -19,17 +19,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
-import os
 import shutil
-import stat
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
-from importer.inbox import excel_safe, safe_name
+from importer.inbox import ensure_dirs, excel_safe, safe_name, write_atomically
 from importer.ledger import FileRecord, FileState, Ledger
 from importer.report_page import ReportSummary, render_report, summary_of
 
@@ -74,7 +71,7 @@ class Outbox:
 
     def write_finished(self, record: FileRecord, csv_report: Path | None, html: str) -> Answer:
         html_path, csv_path = self.report_paths(record)
-        self._ensure_folder(html_path.parent)
+        ensure_dirs(html_path.parent, DIR_MODE, keep_setgid=True)
         if csv_report is not None and csv_report.is_file():
             with csv_report.open("rb") as source:
                 write_answer(csv_path, lambda out: shutil.copyfileobj(source, out))
@@ -88,27 +85,9 @@ class Outbox:
 
     def write_refused(self, record: FileRecord, note: str) -> Answer:
         path = self.error_path(record)
-        self._ensure_folder(path.parent)
+        ensure_dirs(path.parent, DIR_MODE, keep_setgid=True)
         write_answer(path, lambda out: out.write(note.encode("utf-8")))
         return Answer(error=path)
-
-    def _ensure_folder(self, folder: Path) -> None:
-        """``mkdir -p`` with 0750 folders; a setgid bit on the parent is kept (Linux passes it
-        on to new folders), so the drop group still owns what is inside."""
-        missing: list[Path] = []
-        current = folder
-        while not current.is_dir():
-            missing.append(current)
-            if current.parent == current:
-                break
-            current = current.parent
-        for path in reversed(missing):
-            try:
-                os.mkdir(path, DIR_MODE)
-            except FileExistsError:
-                continue
-            setgid = os.stat(path).st_mode & stat.S_ISGID
-            os.chmod(path, DIR_MODE | setgid)  # the service's umask (0077) took the group's bits
 
     def prune(self, cutoff: datetime) -> int:
         """Remove answers (and left-over temporary files) older than ``cutoff``; anything else a
@@ -140,19 +119,8 @@ def _listing(folder: Path) -> list[Path]:
 
 
 def write_answer(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write ``path`` under a hidden temporary name in its folder, fsync, make it 0640, rename."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:50]}.", suffix=".tmp")
-    try:
-        with open(fd, "wb") as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp_name, FILE_MODE)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
+    """Write an answer atomically (``inbox.write_atomically``), readable by the drop group (0640)."""
+    write_atomically(path, write, mode=FILE_MODE)
 
 
 def refusal_note(record: FileRecord, original: FileRecord | None = None) -> str:

@@ -9,7 +9,8 @@ import yaml
 
 from importer.appservice_mapping import plan_services
 from importer.errors import ConfigError
-from importer.mapping import load_mapping, parse_mapping, translate_row
+from importer.mapping import parse_mapping, translate_row
+from importer.mapping_files import load_mapping
 from importer.readers.base import SourceRow
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,15 +9,8 @@ from typing import Any
 import pytest
 
 from importer.errors import ConfigError, InputFileError
-from importer.mapping import (
-    Mapping,
-    check_headers,
-    find_mapping,
-    load_mapping,
-    load_mappings,
-    parse_mapping,
-    translate_row,
-)
+from importer.mapping import Mapping, check_headers, parse_mapping, translate_row
+from importer.mapping_files import find_mapping, load_mapping, load_mappings
 from importer.readers.base import SourceRow
 from importer.readers.options import CsvOptions, ExcelOptions, JsonOptions
 
@@ -481,14 +474,56 @@ def test_translate_row_is_fast_enough() -> None:
 
 
 def test_the_pure_core_imports_no_io_library() -> None:
-    """mapping.py and batching.py take and return plain data: importing them loads no reader
-    library, no HTTP client and no database (a fresh interpreter, so nothing is loaded before)."""
+    """mapping.py and batching.py take and return plain data: importing them loads no reader,
+    no YAML, no HTTP client and no database, nor the module that reads mapping files (a fresh
+    interpreter, so nothing is loaded before)."""
     import subprocess
     import sys
 
-    heavy = ("openpyxl", "python_calamine", "ijson", "requests", "sqlalchemy", "importer.readers.csv")
-    code = "import sys, importer.mapping, importer.batching; print(*sorted(sys.modules))"
+    heavy = (
+        "openpyxl", "python_calamine", "ijson", "requests", "sqlalchemy", "yaml", "tomllib",
+        "importer.readers.csv", "importer.readers.excel", "importer.readers.json",
+        "importer.mapping_files", "importer.config",
+    )  # fmt: skip
+    pure = "importer.mapping, importer.appservice_mapping, importer.batching"
+    code = f"import sys, {pure}; print(*sorted(sys.modules))"
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split()
     assert [name for name in heavy if name in loaded] == []
+
+
+# Calls that reach the file system or the network; the pure core makes none of them (not
+# "replace": str.replace is everywhere, and os.replace needs an os import, refused below).
+_IO_CALLS = {
+    "open", "read_text", "read_bytes", "write_text", "write_bytes", "iterdir", "glob", "rglob",
+    "stat", "exists", "is_file", "is_dir", "mkdir", "unlink", "rename", "listdir",
+    "scandir", "urlopen", "connect",
+}  # fmt: skip
+_PURE_MODULES = ("mapping", "mapping_fields", "appservice_mapping", "batching")
+
+
+@pytest.mark.parametrize("module", _PURE_MODULES)
+def test_the_pure_core_opens_no_file(module: str) -> None:
+    """No function of the pure core reads or writes a file: parsing takes the data YAML gave,
+    not a path (the YAML is read by importer/mapping_files.py)."""
+    import ast
+
+    import importer
+
+    path = Path(importer.__file__).parent / f"{module}.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    calls = sorted(
+        f"{path.name}:{node.lineno} {name}()"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and (name := getattr(node.func, "attr", getattr(node.func, "id", None))) in _IO_CALLS
+    )
+    imports = sorted(
+        f"{path.name}:{node.lineno} import {alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
+        if alias.name.split(".")[0] in ("os", "pathlib", "io", "shutil", "yaml", "socket", "tempfile")
+    )
+    assert calls + imports == []

@@ -21,7 +21,8 @@ from importer.errors import (
 )
 from importer.ledger import FileRecord, FileState
 from importer.ledger.states import SENT_BATCH_STATES
-from importer.mapping import Mapping, TranslatedRow, chain_groups, find_mapping
+from importer.mapping import Mapping, TranslatedRow, chain_groups
+from importer.mapping_files import find_mapping
 from importer.pipeline.completion import Completion
 from importer.pipeline.job import Chain, Context, Job, PostOutcome, Progress
 from importer.pipeline.reading import prefetched, too_large_for_a_row, translated_rows

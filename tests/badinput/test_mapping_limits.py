@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from importer.errors import ConfigError
-from importer.mapping import load_mapping, parse_mapping, pattern_warnings, translate_row
+from importer.mapping import parse_mapping, pattern_warnings, translate_row
+from importer.mapping_files import load_mapping
 from importer.readers.base import SourceRow
 
 
