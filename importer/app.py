@@ -22,24 +22,6 @@ from importer.servicenow import ClientSettings, InstanceClient
 log = logging.getLogger("importer")
 
 
-def client_settings(config: Config) -> ClientSettings:
-    instance = config.instance
-    return ClientSettings(
-        url=instance.url.rstrip("/"),
-        auth=instance.auth,
-        username=instance.username,
-        password=instance.password_value(),
-        client_id=instance.client_id,
-        client_secret=instance.client_secret_value(),
-        grant=instance.grant,
-        timeout_s=instance.timeout_s,
-        verify_tls=instance.verify_tls,
-        retry_attempts=instance.retry_attempts,
-        retry_backoff_s=instance.retry_backoff_s,
-        retry_backoff_max_s=instance.retry_backoff_max_s,
-    )
-
-
 @contextlib.contextmanager
 def instance_client(
     config: Config,
@@ -49,7 +31,9 @@ def instance_client(
     """A client for the configured instance; for ``url = "sandbox"`` the embedded emulator is
     started in this process for as long as the client is used."""
     if not config.instance.is_sandbox:
-        with InstanceClient(client_settings(config), stop_event=stop_event, on_retry=on_retry) as client:
+        with InstanceClient(
+            config.instance.client_settings(), stop_event=stop_event, on_retry=on_retry
+        ) as client:
             yield client
         return
     from importer.sandbox import SandboxServer

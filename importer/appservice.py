@@ -20,7 +20,6 @@ created since that batch was opened counts as registered by it.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("importer.appservice")
 
-_SYS_ID = re.compile(r"^[0-9a-f]{32}$")
 QUERY_CHUNK = 100
 # Where each kind of name is looked up, and the field holding the name.
 LOOKUPS = {

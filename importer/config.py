@@ -25,7 +25,7 @@ import tomllib
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -39,6 +39,9 @@ from pydantic import (
 
 from importer.errors import ConfigError
 from importer.readers.options import ReadLimits
+
+if TYPE_CHECKING:
+    from importer.servicenow.settings import ClientSettings
 
 ENV_PREFIX = "IMPORTER_"
 ENV_CONFIG_PATH = "IMPORTER_CONFIG"
@@ -83,9 +86,18 @@ class InstanceConfig(_Section):
         value = value.strip()
         if value == "sandbox":
             return value
-        if not value.startswith(("https://", "http://")) or len(value.split("://", 1)[1]) == 0:
+        parts = urllib.parse.urlsplit(value)
+        if parts.username is not None or parts.password is not None:
+            # Never echo the URL: it holds a secret.
+            raise ValueError("must not contain credentials; set username and password instead")
+        if parts.scheme not in ("https", "http") or not parts.hostname:
             raise ValueError(
                 f'must be "sandbox" or an address like https://acme.service-now.com, got {value!r}'
+            )
+        if parts.query or parts.fragment:
+            raise ValueError(
+                f"must be the instance's root, without a query, like https://acme.service-now.com; "
+                f"got {value!r}"
             )
         return value.rstrip("/")
 
@@ -122,6 +134,26 @@ class InstanceConfig(_Section):
         if self.client_secret is not None:
             return self.client_secret.get_secret_value()
         return _read_secret_file(self.client_secret_file) if self.client_secret_file else None
+
+    def client_settings(self) -> ClientSettings:
+        """The instance client's settings, secrets in clear: a plain value, trusted because this
+        section was validated by ``load_config`` (or ``check_client_settings``)."""
+        from importer.servicenow.settings import ClientSettings
+
+        return ClientSettings(
+            url=self.url,
+            auth=self.auth,
+            username=self.username,
+            password=self.password_value(),
+            client_id=self.client_id,
+            client_secret=self.client_secret_value(),
+            grant=self.grant,
+            timeout_s=self.timeout_s,
+            verify_tls=self.verify_tls,
+            retry_attempts=self.retry_attempts,
+            retry_backoff_s=self.retry_backoff_s,
+            retry_backoff_max_s=self.retry_backoff_max_s,
+        )
 
 
 class PathsConfig(_Section):
@@ -389,6 +421,18 @@ def load_config(
     )
     config.warnings = security_warnings(config, file_data)
     return config
+
+
+def check_client_settings(values: Mapping[str, Any], where: str = "client settings") -> ClientSettings:
+    """Settings for a client built by hand (not from a config file: tests, tools), checked by the
+    same rules as ``[instance]`` in a config file; every problem at once, each as
+    ``<where>: instance.<key>: <what is wrong>``."""
+    instance, problems = _validate_section("instance", InstanceConfig, dict(values), {}, where)
+    assert isinstance(instance, InstanceConfig)
+    problems.extend(_cross_check_instance(instance, where))
+    if problems:
+        raise ConfigError(problems[0], problems=problems)
+    return instance.client_settings()
 
 
 def _find_config_file(path: Path | None, env: Mapping[str, str]) -> Path | None:

@@ -228,6 +228,22 @@ def test_a_real_instance_needs_credentials(tmp_path: Path) -> None:
     assert config.instance.password_value() is None
 
 
+def test_an_instance_url_must_be_the_root_without_credentials(tmp_path: Path) -> None:
+    """Checked when the config is loaded (not later, when the client is built), with the file
+    named; a URL carrying a password is refused without echoing it."""
+    cases = {
+        "https://svc:hunter2@acme.service-now.com": "must not contain credentials; set username and password",
+        "https://acme.service-now.com/?sysparm_limit=1": "must be the instance's root, without a query",
+        "https://": 'must be "sandbox" or an address like https://acme.service-now.com',
+    }
+    for url, problem in cases.items():
+        path = write(tmp_path, f'[instance]\nurl = "{url}"\nusername = "svc"\n')
+        with pytest.raises(ConfigError) as excinfo:
+            load_config(path, env={"IMPORTER_INSTANCE__PASSWORD": SECRET})
+        assert problems_of(excinfo)[0].startswith(f"{path}: instance.url: {problem}"), url
+        assert "hunter2" not in str(excinfo.value)
+
+
 def test_field_errors_do_not_hide_cross_field_errors(tmp_path: Path) -> None:
     path = write(tmp_path, '[instance]\nurl = "https://acme.service-now.com"\ntimeout_s = -5\n')
     with pytest.raises(ConfigError) as excinfo:

@@ -14,7 +14,7 @@ on its own what an HTTP status means, except what is particular to this API:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -251,8 +251,3 @@ def _found(service: dict[str, Any]) -> FoundService:
         if isinstance(relationships, dict)
         else {},
     )
-
-
-def missing_relations(wanted: Sequence[tuple[str, str]], content: ServiceContent) -> list[tuple[str, str]]:
-    """The wanted (parent, child) relations getContent does not show."""
-    return [pair for pair in wanted if pair not in content.relations]

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from importer.servicenow import ClientSettings, InstanceClient
+from importer.config import check_client_settings
+from importer.servicenow import InstanceClient
 
 # Small backoffs keep the fault tests fast; the policy is the same as in production.
 FAST_RETRIES: dict[str, Any] = {"retry_attempts": 8, "retry_backoff_s": 0.05, "retry_backoff_max_s": 0.5}
@@ -20,7 +21,8 @@ MakeClient = Callable[..., InstanceClient]
 @pytest.fixture
 def make_client() -> Iterator[MakeClient]:
     """make_client(server, **settings) -> a client with the import user's Basic credentials
-    unless told otherwise; closed at the end of the test."""
+    unless told otherwise, its settings checked as a config file's [instance]; closed at the
+    end of the test."""
     from importer.sandbox import defaults
 
     clients: list[InstanceClient] = []
@@ -36,7 +38,7 @@ def make_client() -> Iterator[MakeClient]:
             **FAST_RETRIES,
         }
         values.update(overrides)
-        client = InstanceClient(ClientSettings(**values), on_retry=on_retry, stop_event=stop_event)
+        client = InstanceClient(check_client_settings(values), on_retry=on_retry, stop_event=stop_event)
         clients.append(client)
         return client
 
