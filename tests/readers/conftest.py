@@ -74,6 +74,45 @@ def set_cached_values(path: Path, cached: dict[str, tuple[str, str | None]]) -> 
     return patch_first_sheet(path, edit)
 
 
+SST_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"
+SST_REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/sharedStrings"
+INLINE = re.compile(r'(<c r="[A-Z]+[0-9]+"[^>]*?) t="inlineStr"([^>]*)><is><t[^>]*>(.*?)</t></is></c>', re.S)
+
+
+def to_shared_strings(path: Path) -> Path:
+    """Store the first sheet's texts in a shared-strings table, as Excel does (openpyxl writes
+    every text inline)."""
+    with zipfile.ZipFile(path) as archive:
+        parts = {info.filename: archive.read(info.filename) for info in archive.infolist()}
+    table: list[str] = []
+
+    def share(m: re.Match[str]) -> str:
+        table.append(m.group(3))
+        return f'{m.group(1)} t="s"{m.group(2)}><v>{len(table) - 1}</v></c>'
+
+    sheet = INLINE.sub(share, parts["xl/worksheets/sheet1.xml"].decode("utf-8"))
+    parts["xl/worksheets/sheet1.xml"] = sheet.encode("utf-8")
+    items = "".join(f'<si><t xml:space="preserve">{text}</t></si>' for text in table)
+    parts["xl/sharedStrings.xml"] = (
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+        f'<sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" count="{len(table)}" '
+        f'uniqueCount="{len(table)}">{items}</sst>'
+    ).encode()
+    rels = parts["xl/_rels/workbook.xml.rels"].decode("utf-8")
+    parts["xl/_rels/workbook.xml.rels"] = rels.replace(
+        "</Relationships>",
+        f'<Relationship Type="{SST_REL}" Target="sharedStrings.xml" Id="rIdSst"/></Relationships>',
+    ).encode("utf-8")
+    types = parts["[Content_Types].xml"].decode("utf-8")
+    parts["[Content_Types].xml"] = types.replace(
+        "</Types>", f'<Override PartName="/xl/sharedStrings.xml" ContentType="{SST_TYPE}"/></Types>'
+    ).encode("utf-8")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in parts.items():
+            archive.writestr(name, data)
+    return path
+
+
 def read_all(path: Path, **options: Any) -> tuple[list[str] | None, list[SourceRow]]:
     with open_source(path, **options) as source:
         return source.headers, list(source)
@@ -105,6 +144,11 @@ def set_cached_values_fixture() -> Callable[..., Path]:
 @pytest.fixture(name="patch_first_sheet")
 def patch_first_sheet_fixture() -> Callable[..., Path]:
     return patch_first_sheet
+
+
+@pytest.fixture(name="to_shared_strings")
+def to_shared_strings_fixture() -> Callable[[Path], Path]:
+    return to_shared_strings
 
 
 @pytest.fixture(name="read_all")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import tracemalloc
+import zipfile
 
 import openpyxl
+import openpyxl.utils.datetime
 import pytest
 
 from importer.errors import InputFileError
@@ -281,3 +284,115 @@ def test_a_number_formatted_with_leading_zeros_is_read_as_excel_shows_it(tmp_pat
     with open_source(path) as source:
         [row] = list(source)
     assert row.values == {"Emp ID": "000123", "Amount": "123"}
+
+
+def _openpyxl_texts(path) -> list[list[str]]:
+    """The reading this reader replaced: openpyxl read-only, each cell through cell_text."""
+    book = openpyxl.load_workbook(path, read_only=True, data_only=True, keep_links=False)
+    try:
+        rows = book.worksheets[0].iter_rows()
+        return [[cell_text(c.value, getattr(c, "number_format", None)) for c in row] for row in rows]
+    finally:
+        book.close()
+
+
+@pytest.mark.filterwarnings("ignore:Cell .* is marked as a date")  # openpyxl's, on a serial too large
+@pytest.mark.parametrize("shared", [False, True], ids=["inline strings", "shared strings"])
+def test_values_are_those_openpyxl_read(tmp_path, to_shared_strings, shared):
+    """Every kind of cell and number format, read as openpyxl read them."""
+    book = openpyxl.Workbook()
+    sheet = book.active
+    formats = ["General", "0", "0.00", "#,##0", "000000", "0%", "yyyy-mm-dd", "d/m/yy h:mm", "h:mm:ss",
+               "[h]:mm:ss", "mm:ss", "@", "0.00E+00", "dd mmm yyyy"]  # fmt: skip
+    values = [0, 7, -3, 42.5, 0.1, 1e-9, 123456789012345678, 45292.354166, 0.75, 1.5, 36.25, 2]
+    sheet.append(["value", *formats])
+    for value in values:
+        sheet.append([value] * (len(formats) + 1))
+        for column, fmt in enumerate(formats, start=2):
+            sheet.cell(row=sheet.max_row, column=column).number_format = fmt
+    sheet.append(["text", "0042", True, False, dt.date(1900, 1, 1), dt.datetime(1899, 12, 31, 6), "x" * 300])
+    sheet.append([None, None, "after a gap"])
+    sheet["Z40"] = "far away"  # a row far down, a cell far right
+    path = tmp_path / "formats.xlsx"
+    book.save(path)
+    if shared:
+        to_shared_strings(path)
+
+    expected = _openpyxl_texts(path)
+    with open_source(path) as source:
+        got = [list(row.values.values()) for row in source]
+        headers = source.headers
+
+    assert headers == expected[0][: len(headers or [])]
+    width = len(headers or [])
+    rows = [(row + [""] * width)[:width] for row in expected[1:] if any(row)]
+    assert got == rows
+    assert rows[0][:3] == ["0", "0", "0"] and rows[1][5] == "000007"  # what a person sees
+
+
+def test_rich_text_shared_strings_and_phonetic_guides(write_xlsx, to_shared_strings):
+    path = to_shared_strings(write_xlsx("rich.xlsx", [["name", "kana"], ["plain", "x"]]))
+
+    def edit(data: str) -> str:
+        # Excel writes a string with two fonts as runs, and a Japanese name with its reading
+        # (<rPh>), which the cell does not show.
+        return data.replace(
+            '<si><t xml:space="preserve">plain</t></si>',
+            '<si><r><rPr><b/></rPr><t>bold </t></r><r><t xml:space="preserve">and plain</t></r></si>',
+        ).replace(
+            '<si><t xml:space="preserve">x</t></si>',
+            '<si><t>東京</t><rPh sb="0" eb="2"><t>トウキョウ</t></rPh><phoneticPr fontId="1"/></si>',
+        )
+
+    _rewrite(path, "xl/sharedStrings.xml", edit)
+    with open_source(path) as source:
+        assert [row.values for row in source] == [{"name": "bold and plain", "kana": "東京"}]
+
+
+def test_cells_and_rows_without_references(write_xlsx):
+    """Some generators write neither row numbers nor cell references: rows count on from the
+    last one, cells from the left."""
+    path = write_xlsx("plain.xlsx", [["a", "b", "c"], ["1", "2", "3"], ["4", "5", "6"]])
+    _rewrite(
+        path,
+        "xl/worksheets/sheet1.xml",
+        lambda xml: re.sub(r' r="[A-Z]+[0-9]+"', "", xml.replace('<row r="3"', "<row")),
+    )
+    with open_source(path) as source:
+        assert [(row.number, row.values) for row in source] == [
+            (2, {"a": "1", "b": "2", "c": "3"}),
+            (3, {"a": "4", "b": "5", "c": "6"}),
+        ]
+
+
+def test_dates_of_a_1904_workbook(tmp_path):
+    book = openpyxl.Workbook()
+    book.epoch = openpyxl.utils.datetime.CALENDAR_MAC_1904
+    sheet = book.active
+    sheet.append(["day"])
+    sheet.append([dt.date(2024, 2, 29)])
+    path = tmp_path / "mac.xlsx"
+    book.save(path)
+    with open_source(path) as source:
+        assert [row.values for row in source] == [{"day": "2024-02-29"}]
+
+
+def test_a_dtd_in_the_shared_strings_is_refused(write_xlsx, to_shared_strings):
+    path = to_shared_strings(write_xlsx("laughs.xlsx", [["a"], ["x"]]))
+    _rewrite(
+        path,
+        "xl/sharedStrings.xml",
+        lambda xml: '<?xml version="1.0"?><!DOCTYPE sst [<!ENTITY a "aaaa">]>' + xml.split("?>", 1)[-1],
+    )
+    with pytest.raises(InputFileError, match=r"laughs\.xlsx: declares XML entities or a DTD"):
+        open_source(path)
+
+
+def _rewrite(path, part: str, edit) -> None:
+    with zipfile.ZipFile(path) as archive:
+        parts = {info.filename: archive.read(info.filename) for info in archive.infolist()}
+    assert part in parts, sorted(parts)
+    parts[part] = edit(parts[part].decode("utf-8")).encode("utf-8")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in parts.items():
+            archive.writestr(name, data)
