@@ -560,6 +560,7 @@ EXCEL_PROMISES: dict[str, Callable[[list[list[str]]], bool]] = {
 
 
 def _read_importer(path: Path) -> list[list[str]]:
+    """importer's reader: the sheet XML streamed by the C ElementTree parser (xlsx_package)."""
     from importer.readers import open_source
 
     with open_source(path) as source:
@@ -567,7 +568,7 @@ def _read_importer(path: Path) -> list[list[str]]:
 
 
 def _read_openpyxl(path: Path) -> list[list[str]]:
-    """openpyxl read-only, every cell through the same text rules (today's reader)."""
+    """openpyxl read-only, every cell through the same text rules (the reader before issue 9)."""
     import openpyxl
 
     from importer.readers.excel import cell_text
@@ -581,7 +582,7 @@ def _read_openpyxl(path: Path) -> list[list[str]]:
 
 
 def _read_calamine_values(path: Path) -> list[list[str]]:
-    """python-calamine values only (no number formats)."""
+    """python-calamine values only (no number formats: it gives no cell styles)."""
     import python_calamine
 
     from importer.readers.excel import cell_text
@@ -590,6 +591,42 @@ def _read_calamine_values(path: Path) -> list[list[str]]:
         rows = wb.get_sheet_by_index(0).iter_rows()
         next(rows)
         return [[cell_text(v) for v in row] for row in rows]
+
+
+def _read_calamine_and_styles(path: Path) -> list[list[str]]:
+    """Candidate (a)/(c): calamine's values, with each cell's style index and type read from the
+    sheet XML (calamine gives neither) to format numbers and show error cells: the sheet is
+    parsed by both, so it cannot be faster than the XML parse alone."""
+    import python_calamine
+
+    from importer.readers.xlsx_package import Workbook
+
+    book = Workbook(path)
+    try:
+        parsed = book.rows(book.worksheets[0], min_row=2)
+        with python_calamine.CalamineWorkbook.from_path(str(path)) as wb:
+            rows = wb.get_sheet_by_index(0).iter_rows()
+            next(rows)
+            return [texts for (_, texts), _values in zip(parsed, rows, strict=True)]
+    finally:
+        book.close()
+
+
+def _read_lxml(path: Path) -> list[list[str]]:
+    """Candidate (b) with lxml: ``iterparse(tag=row)`` filters rows in C, but each cell read
+    through lxml's element proxies costs more than the stdlib's C elements (values only here)."""
+    from lxml import etree
+
+    from importer.readers.xlsx_package import MAIN, ROW, VALUE
+
+    out: list[list[str]] = []
+    with zipfile.ZipFile(path) as archive, archive.open("xl/worksheets/sheet1.xml") as stream:
+        for _, row in etree.iterparse(stream, events=("end",), tag=ROW, resolve_entities=False):
+            out.append([c.findtext(VALUE) or c.findtext(f"{MAIN}is/{MAIN}t") or "" for c in row])
+            row.clear()
+            while row.getprevious() is not None:
+                del row.getparent()[0]
+    return out[1:]
 
 
 def _timed(read: Callable[[Path], list[list[str]]], path: Path) -> tuple[float, list[list[str]] | None, str]:
@@ -608,7 +645,14 @@ def excel(scale: Scale, root: Path) -> Row:
         "importer's reader": _read_importer,
         "openpyxl read-only": _read_openpyxl,
         "python-calamine values": _read_calamine_values,
+        "calamine values + styles from the sheet XML": _read_calamine_and_styles,
     }
+    try:
+        import lxml  # noqa: F401  (not a dependency: measured when it is installed)
+
+        candidates["lxml iterparse, values only"] = _read_lxml
+    except ImportError:
+        pass
     timings = {name: _timed(read, path) for name, read in candidates.items()}
     base = timings["openpyxl read-only"][0]
     notes = []
