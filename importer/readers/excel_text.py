@@ -68,9 +68,12 @@ def number_text(value: float) -> str:
     magnitude = abs(value)
     if value.is_integer() and magnitude < 1e21:
         return str(int(value))
+    shortest = repr(value)
+    if "e" not in shortest:  # 1e-4 to 1e16: repr already writes plain digits
+        return shortest
     if 1e-7 <= magnitude < 1e21:
-        return format(Decimal(repr(value)), "f")
-    return repr(value)
+        return format(Decimal(shortest), "f")
+    return shortest
 
 
 def _round_to_second(moment: dt.datetime) -> dt.datetime:
