@@ -1,10 +1,10 @@
-"""Reader speed: openpyxl (read-only) against python-calamine for Excel; stdlib csv against pandas.
+"""Reader speed: importer's Excel reader against python-calamine; stdlib csv against pandas.
 
     .venv/bin/pytest tests/bench/test_reader_speed.py -m bench -s            # 3,000 rows
     IMPORTER_BENCH_ROWS=100000 .venv/bin/pytest tests/bench/test_reader_speed.py -m bench -s
 
 Each library is timed turning every cell into the text the import sends (the same
-``cell_text`` for both Excel libraries), and checked against the Values promises on the same
+``cell_text`` for both Excel readers), and checked against the Values promises on the same
 workbook; peak memory is each reader's peak RSS (VmHWM) in a fresh subprocess (calamine's sheet lives in
 Rust memory, which tracemalloc cannot see).
 """
@@ -98,7 +98,7 @@ def _error_cell(_: re.Match[str]) -> str:
     return '<c r="J2" t="e"><f>NA()</f><v>#N/A</v></c>'
 
 
-def read_with_openpyxl(path: Path) -> list[list[str]]:
+def read_with_importer(path: Path) -> list[list[str]]:
     with open_source(path) as source:
         return [list(row.values.values()) for row in source]
 
@@ -152,7 +152,7 @@ from importer.readers.excel import cell_text
 reader, path = sys.argv[1], Path(sys.argv[2])
 if reader == "baseline":
     pass
-elif reader == "openpyxl":
+elif reader == "importer":
     with open_source(path) as source:
         for row in source:
             pass
@@ -167,28 +167,28 @@ for line in Path("/proc/self/status").read_text().splitlines():
 """
 
 
-def test_excel_openpyxl_against_calamine(workbook: Path) -> None:
+def test_excel_importer_against_calamine(workbook: Path) -> None:
     pytest.importorskip("python_calamine")
-    openpyxl_s, openpyxl_rows = _timed(read_with_openpyxl, workbook)
+    importer_s, importer_rows = _timed(read_with_importer, workbook)
     calamine_s, calamine_rows = _timed(read_with_calamine, workbook)
-    assert len(openpyxl_rows) == len(calamine_rows) == ROWS
+    assert len(importer_rows) == len(calamine_rows) == ROWS
 
-    promises = {"openpyxl": _promises(openpyxl_rows), "calamine": _promises(calamine_rows)}
+    promises = {"importer": _promises(importer_rows), "calamine": _promises(calamine_rows)}
     # Peak RSS of a process that only imports both, then of one that also reads the sheet.
-    rss = {name: _peak_rss_mb(name, workbook) for name in ("baseline", "openpyxl", "calamine")}
+    rss = {name: _peak_rss_mb(name, workbook) for name in ("baseline", "importer", "calamine")}
     size_mb = workbook.stat().st_size / 1e6
     print(f"\nExcel, {ROWS:,} rows x {len(HEADERS)} columns ({size_mb:.1f} MB .xlsx):")
-    for name, seconds in (("openpyxl read-only", openpyxl_s), ("python-calamine", calamine_s)):
-        key = name.split()[0].replace("python-", "")
+    for name, seconds in (("importer's reader", importer_s), ("python-calamine", calamine_s)):
+        key = name.split()[0].replace("python-", "").replace("'s", "")
         broken = [p for p, ok in promises[key].items() if not ok]
         print(
             f"  {name:20} {ROWS / seconds:>10,.0f} rows/s  {seconds:6.2f} s  "
             f"peak RSS +{rss[key] - rss['baseline']:.0f} MB  broken promises: {', '.join(broken) or 'none'}"
         )
-    print(f"  calamine is {openpyxl_s / calamine_s:.1f}x faster than openpyxl")
+    print(f"  calamine is {importer_s / calamine_s:.1f}x faster than importer's reader")
 
     # The reader importer uses must keep every promise.
-    assert all(promises["openpyxl"].values()), promises["openpyxl"]
+    assert all(promises["importer"].values()), promises["importer"]
 
 
 def test_csv_stdlib_against_pandas(tmp_path: Path) -> None:
