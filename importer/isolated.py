@@ -59,7 +59,9 @@ def _mp_context() -> Any:
     with _context_lock:
         if _context is None:
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["importer.isolated"])
+            # The CSV reader too (the common case; it is small): each child starts with it loaded.
+            # Excel and JSON readers pull in openpyxl and ijson: a child imports them when it needs them.
+            context.set_forkserver_preload(["importer.isolated", "importer.readers.csv"])
             _context = context
         return _context
 

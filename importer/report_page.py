@@ -10,6 +10,7 @@ points to the CSV report, which has every row.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections import Counter
@@ -17,13 +18,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from importer.errors import ImporterError
 from importer.ledger import FileRecord, RowState
 from importer.mapping import Mapping as ImportMapping
+
+if TYPE_CHECKING:
+    import jinja2
 
 log = logging.getLogger("importer.report")
 
@@ -44,13 +46,20 @@ STATE_COLOURS = {
     RowState.PENDING: "#e0e0e0",
 }
 
-_environment = jinja2.Environment(
-    loader=jinja2.PackageLoader("importer", "templates"),
-    autoescape=True,  # every value from a file or the instance is text, never markup
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    """Built on the first page: a command that renders none does not import Jinja2."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("importer", "templates"),
+        autoescape=True,  # every value from a file or the instance is text, never markup
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 @dataclass
@@ -166,23 +175,20 @@ def render_report(
     rest: list[ShownRow] = []
     attention_total = rest_total = 0
     messages: Counter[str] = Counter()
+    needs_a_person = {str(state) for state in NEEDS_A_PERSON}
     for entry in entries:
-        row = ShownRow(
-            source_row=int(entry["source_row"]),
-            state=str(entry["state"]),
-            message=str(entry.get("message") or ""),
-            transform_map=str(entry.get("transform_map") or ""),
-            target=str(entry.get("display_value") or entry.get("target_sys_id") or ""),
-        )
-        if row.state in NEEDS_A_PERSON:
+        # 100,000 entries pass here: a row is built only for what the page shows.
+        state = str(entry["state"])
+        if state in needs_a_person:
             attention_total += 1
-            messages[row.message or "(no message)"] += 1
+            message = str(entry.get("message") or "")
+            messages[message or "(no message)"] += 1
             if len(attention) < row_cap:
-                attention.append(row)
+                attention.append(_shown(entry, state))
         else:
             rest_total += 1
             if len(rest) < row_cap:
-                rest.append(row)
+                rest.append(_shown(entry, state))
     key_names = key_columns(mapping)
     if attention and key_names and source is not None and mapping is not None:
         _fill_keys(attention, mapping, key_names, source)
@@ -192,7 +198,7 @@ def render_report(
         for state, count in _ordered(summary.rows)
         if count
     ]
-    return _environment.get_template("report.html.j2").render(
+    return _environment().get_template("report.html.j2").render(
         summary=summary,
         bar=bar,
         attention=attention,
@@ -206,6 +212,16 @@ def render_report(
         row_cap=row_cap,
         read_back=list(itertools.islice(read_back, row_cap)) if read_back is not None else None,
         when=_when,
+    )
+
+
+def _shown(entry: Mapping[str, Any], state: str) -> ShownRow:
+    return ShownRow(
+        source_row=int(entry["source_row"]),
+        state=state,
+        message=str(entry.get("message") or ""),
+        transform_map=str(entry.get("transform_map") or ""),
+        target=str(entry.get("display_value") or entry.get("target_sys_id") or ""),
     )
 
 

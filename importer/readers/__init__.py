@@ -44,19 +44,22 @@ def open_source(
 ) -> RowSource:
     """Open ``path`` for reading rows; use it as a context manager so the file is closed.
 
-    The readers are imported here, not with the package: the pure core (mapping.py) uses the
-    package's plain-data modules (base, options) and must not pull in openpyxl or ijson."""
-    from importer.readers.csv import CsvSource
-    from importer.readers.excel import ExcelSource
-    from importer.readers.json import JsonSource
-
+    The readers are imported here, not with the package, and only the one the file needs: the
+    pure core (mapping.py) uses the package's plain-data modules (base, options) and must not pull
+    in openpyxl or ijson, and a CSV file's reading process does not pay for importing openpyxl."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in CSV_SUFFIXES:
+        from importer.readers.csv import CsvSource
+
         return CsvSource(path, csv, default_delimiter=CSV_SUFFIXES[suffix], limits=limits)
     if suffix in EXCEL_SUFFIXES:
+        from importer.readers.excel import ExcelSource
+
         return ExcelSource(path, excel, limits=limits)
     if suffix in JSON_SUFFIXES:
+        from importer.readers.json import JsonSource
+
         return JsonSource(path, json, limits=limits)
     supported = ", ".join(SUPPORTED_SUFFIXES)
     if suffix == ".xls":

@@ -76,10 +76,17 @@ class HeaderLayout:
     names: list[str]
     positions: list[int]  # positions[i] is the cell index of names[i]
 
+    @property
+    def _contiguous(self) -> bool:
+        """The usual table: named columns from the first cell on, without gaps."""
+        return self.positions[0] == 0 and self.positions[-1] == len(self.positions) - 1
+
     def row_values(self, cells: list[str]) -> dict[str, str]:
         # Fewer cells than headers: the missing ones are "". Spreadsheet programs drop
         # trailing empty cells when they save CSV, so a short row is normal, not a problem.
         width = len(cells)
+        if width == len(self.names) and self._contiguous:
+            return dict(zip(self.names, cells, strict=True))  # the usual row, at C speed
         return {
             name: cells[p] if p < width else "" for name, p in zip(self.names, self.positions, strict=True)
         }
@@ -87,11 +94,15 @@ class HeaderLayout:
     def stray_cells(self, cells: list[str]) -> list[int]:
         """Positions of non-empty cells that belong to no named column."""
         first, last = self.positions[0], self.positions[-1]
+        if first == 0 and len(cells) <= last + 1:
+            return []  # no cell outside the named columns (the usual row)
         return [i for i, v in enumerate(cells) if v != "" and (i < first or i > last)]
 
 
 def oversize_cell_problem(values: dict[str, str], max_chars: int) -> str | None:
     """The first value longer than the cell limit, named, or None."""
+    if not values or max(map(len, values.values())) <= max_chars:
+        return None  # the usual row: every value checked at C speed
     for name, value in values.items():
         if len(value) > max_chars:
             return (
