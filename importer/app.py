@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from importer.config import Config
+from importer.isolated import start_reading_server
 from importer.ledger import Ledger
 from importer.mapping import Mapping
 from importer.mapping_files import load_mappings
@@ -78,6 +79,7 @@ def runtime(
     on_retry: Callable[[str, int | None], None] | None = None,
     on_notification: Callable[[str, str], None] | None = None,
 ) -> Iterator[Runtime]:
+    start_reading_server()  # in the background while the ledger and the instance are set up
     mappings = open_mappings(config)
     ledger = open_ledger(config)
     notifier = Notifier(config.notify, on_notification).start() if config.notify.enabled else None
