@@ -19,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
+import operator
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -187,7 +188,7 @@ class Answers:
             source = Path(record.path)
             html = render_report(
                 summary,
-                self.ledger.report(file_id),
+                _report_entries(self.ledger, record),
                 mapping=mappings.get(record.mapping or ""),
                 source=source if source.is_file() else None,
                 csv_name=f"{record.id}-{safe_name(record.name)}.report.csv",
@@ -227,8 +228,30 @@ def _read_back(config: Config, record: FileRecord) -> list[dict[str, str]] | Non
     path = verify_path(config.paths.reports, record.id, record.name)
     if not path.is_file():
         return None
-    with path.open(newline="", encoding="utf-8") as handle:
-        return [{k: _un_excel(v) for k, v in line.items()} for line in csv.DictReader(handle)]
+    return list(_csv_lines(path, encoding="utf-8"))
+
+
+def _report_entries(ledger: Ledger, record: FileRecord) -> Iterator[dict[str, str]]:
+    """The file's report lines for its page, streamed: read back from the CSV report written
+    just before (one CSV read, not a second pass over the ledger's rows), from the ledger when
+    there is none."""
+    path = Path(record.report_path) if record.report_path else None
+    if path is None or not path.is_file():
+        yield from ledger.report(record.id)
+        return
+    yield from _csv_lines(path, encoding="utf-8-sig")  # the report starts with a BOM, for Excel
+
+
+def _csv_lines(path: Path, *, encoding: str) -> Iterator[dict[str, str]]:
+    """A CSV report's lines, each cell as it was before ``excel_safe`` defused it."""
+    defused = operator.methodcaller("startswith", "'")
+    with path.open(newline="", encoding=encoding) as handle:
+        lines = csv.reader(handle)
+        header = next(lines, [])
+        for cells in lines:
+            if any(map(defused, cells)):  # seldom: the usual line is taken as it is, at C speed
+                cells = [_un_excel(cell) for cell in cells]
+            yield dict(zip(header, cells, strict=False))
 
 
 def _un_excel(value: str | None) -> str:
