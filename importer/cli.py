@@ -174,21 +174,10 @@ def _import_files(
         )
         # Only files whose every batch the instance took can finish now; a file left posting (the
         # instance kept refusing) is reported as such, and the same command later resumes it.
-        transforming = [
-            file_id
-            for file_id in file_ids
-            if (record := rt.ledger.get_file(file_id)) is not None
-            and record.state not in UNSENT_FILE_STATES
-            and not rt.importer.results_complete(file_id)
-        ]
-        if wait and transforming:
-            rt.importer.wait_for_results(
-                transforming, poll_s=min(rt.config.daemon.poll_s, 2.0), progress=progress
-            )
+        summaries = rt.importer.finish(file_ids, progress, wait=wait)
         if bars:
             for bar in bars:
                 bar.close()
-        summaries = rt.ledger.summaries(file_ids)
         _print_summaries(summaries, as_json, None if as_json else rt.ledger)
         for summary in summaries:
             if summary.file.state in UNSENT_FILE_STATES:

@@ -157,12 +157,7 @@ class Daemon:
             # its timeout gets its real results.
             self.rt.importer.poll_results()
         # Only files whose every batch was accepted can still finish; the others wait for a next run.
-        transforming = [
-            f.id for f in self.rt.ledger.files_in_states([FileState.TRANSFORMING]) if f.id in file_ids
-        ]
-        if transforming and not self.stop_event.is_set():
-            self.rt.importer.wait_for_results(transforming, poll_s=min(self.config.daemon.poll_s, 2.0))
-        return exit_code_for(self.rt.ledger.summaries(file_ids), waited=True)
+        return exit_code_for(self.rt.importer.finish(file_ids, wait=True), waited=True)
 
     def _watch_loop(self) -> None:
         tracker = inbox.SettleTracker(self.config.daemon.settle_s)

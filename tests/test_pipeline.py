@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from importer.pipeline import prefetched
-from importer.pipeline.recovery import _holds_values
+from importer.servicenow.importsets import holds_values as _holds_values
 
 
 def test_a_staging_row_is_recognised_by_most_of_its_values() -> None:

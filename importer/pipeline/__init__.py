@@ -118,11 +118,6 @@ class Importer:
     def quarantine_crashed_files(self, max_attempts: int) -> list[int]:
         return self.taking.quarantine_crashed_files(max_attempts)
 
-    def reject(self, file_id: int, reason: str) -> None:
-        record = self.ledger.get_file(file_id)
-        assert record is not None
-        self.taking.reject(record, reason)
-
     # -- posting -----------------------------------------------------------------------------
 
     def mapping_for(self, file_id: int) -> Mapping:
@@ -152,19 +147,6 @@ class Importer:
 
     def next_poll_delay(self, poll_s: float) -> float:
         return self.results.next_poll_delay(poll_s)
-
-    def results_complete(self, file_id: int) -> bool:
-        return self.waiting.results_complete(file_id)
-
-    def wait_for_results(
-        self,
-        file_ids: list[int],
-        *,
-        poll_s: float,
-        timeout_s: float | None = None,
-        progress: Progress | None = None,
-    ) -> bool:
-        return self.waiting.wait_for_results(file_ids, poll_s=poll_s, timeout_s=timeout_s, progress=progress)
 
     def finish(
         self, file_ids: list[int], progress: Progress | None = None, *, wait: bool = True

@@ -49,18 +49,12 @@ def unknown_staging_keys(client: InstanceClient, mapping: Mapping) -> list[str] 
     """Every key the mapping sends that its staging table lacks (ServiceNow drops such keys
     silently: the rows would land with those fields empty), one message each; None when the
     instance lists no columns for the table (it does not exist, or sys_dictionary is not readable)."""
-    columns = list(
-        client.query(
-            "sys_dictionary",
-            f"name={mapping.staging_table}^elementISNOTEMPTY",
-            fields=["element", "column_label"],
-        )
-    )
+    columns = client.import_sets.staging_columns(mapping.staging_table)
     if not columns:
         return None
-    field = "column_label" if mapping.key_by == "label" else "element"
-    kind = "label" if field == "column_label" else "column name"
-    known = {str(c.get(field, "")) for c in columns}
+    by_label = mapping.key_by == "label"
+    kind = "label" if by_label else "column name"
+    known = {c.label if by_label else c.element for c in columns}
     lowered = {k.lower(): k for k in known}
     messages = []
     for target in mapping.targets:

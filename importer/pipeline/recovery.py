@@ -7,16 +7,14 @@ import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from importer.batching import Batch, encode_body
 from importer.errors import TransientError
-from importer.ledger import BatchRecord, BatchState
+from importer.ledger import BatchState
 from importer.ledger.states import UNSETTLED_BATCH_STATES
 from importer.mapping import TranslatedRow
 from importer.pipeline.job import Chain, Context, Job
 from importer.pipeline.reading import translated_rows
-from importer.pipeline.results import _field
 
 log = logging.getLogger("importer.pipeline")
 
@@ -24,16 +22,6 @@ log = logging.getLogger("importer.pipeline")
 Accept = Callable[[Job, Chain, int, str, str], None]
 # Send a batch again; True when the instance took it.
 Resend = Callable[[Job, Batch, Chain], bool]
-
-
-def _holds_values(staged: dict[str, Any], record: dict[str, str]) -> bool:
-    """Whether a staging row holds the values of the record we sent. Staging columns are named,
-    not labelled, may truncate a value to their length, and drop a key they do not know: so
-    compare values, and ask for most of them, not all."""
-    got = [v for v in staged.values() if isinstance(v, str) and v]
-    wanted = [v for v in record.values() if v]
-    found = sum(1 for v in wanted if any(v == g or (len(g) >= 10 and v.startswith(g)) for g in got))
-    return not wanted or found * 2 >= len(wanted)
 
 
 class Recovery:
@@ -79,7 +67,15 @@ class Recovery:
         batch = next(b for b in ledger.batches(job.file_id) if b.id == batch_id)
         rows = list(rows) if rows is not None else None
         first = rows[0] if rows else self._source_row(job, batch.first_source_row)
-        found = self.find_posted_import_set(job.mapping.staging_table, batch, first.record if first else None)
+        # Created on the staging table since the batch was sent, not claimed by another batch.
+        started = (batch.posting_started_at or datetime.now(UTC)) - timedelta(seconds=2)
+        found = self.ctx.client.import_sets.find_import_set_holding(
+            job.mapping.staging_table,
+            since=started,
+            row_count=batch.row_count,
+            first_record=first.record if first else None,
+            claimed=ledger.claimed_import_sets(job.mapping.staging_table),
+        )
         if found is not None:
             import_set_id, multi_id = found
             self.accept(job, chain, batch_id, import_set_id, multi_id)
@@ -104,36 +100,3 @@ class Recovery:
             stop_event=self.ctx.stop_event,
         )
         return next((r for r in rows if r.number == number), None)
-
-    def find_posted_import_set(
-        self, staging_table: str, batch: BatchRecord, first_record: dict[str, str] | None
-    ) -> tuple[str, str] | None:
-        """Look for an import set holding this batch: created on this staging table since the
-        batch was sent, not claimed by another batch, with as many rows, and whose first row
-        holds the batch's first record's values (another host's set of the same size does not)."""
-        client = self.ctx.client
-        started = (batch.posting_started_at or datetime.now(UTC)) - timedelta(seconds=2)
-        since = started.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-        claimed = self.ctx.ledger.claimed_import_sets(staging_table)
-        candidates = [
-            record
-            for record in client.query(
-                "sys_import_set",
-                f"table_name={staging_table}^sys_created_on>={since}^ORDERBYsys_created_on",
-                fields=["sys_id", "sys_created_on", "multi_import_set"],
-            )
-            if _field(record, "sys_id") not in claimed
-        ]
-        for candidate in candidates:
-            sys_id = _field(candidate, "sys_id")
-            count = client.count(staging_table, f"sys_import_set={sys_id}")
-            if count != batch.row_count:
-                continue
-            if first_record is not None:
-                staged = next(
-                    iter(client.query(staging_table, f"sys_import_set={sys_id}^sys_import_row=0")), {}
-                )
-                if not _holds_values(staged, first_record):
-                    continue
-            return sys_id, _field(candidate, "multi_import_set")
-        return None

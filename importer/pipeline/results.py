@@ -8,68 +8,38 @@ import contextlib
 import logging
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from importer.errors import AuthError, TransientError
 from importer.ledger import BatchRecord, BatchState, FileState, IllegalTransition, RowResult, RowState
 from importer.ledger.states import UNFINISHED_BATCH_STATES
 from importer.pipeline.completion import Completion
 from importer.pipeline.job import Context, Progress
+from importer.servicenow.importsets import (
+    RESULT_PAGE_ROWS,
+    ROW_STATUSES,
+    SET_CHUNK,
+    ImportSetState,
+    RowOutcome,
+)
 
 log = logging.getLogger("importer.pipeline")
 
-# Import sets are looked up in chunks of this many sys_ids per Table API query.
-POLL_CHUNK = 100
-# Staging rows of many import sets are read in one query of at most this many rows: few
-# requests (2 sets of 500 rows per query), while a page's decoded JSON stays a few MB.
-RESULT_PAGE_ROWS = 1_000
-STAGING_RESULT_FIELDS = (
-    "sys_id",
-    "sys_import_row",
-    "sys_import_state",
-    "sys_import_state_comment",
-    "sys_target_sys_id",
-    "sys_target_table",
-    "sys_transform_map",
-)
-# Import set states that may still become "processed"; any other (cancelled, error, ...) will not.
-_WAITING_SET_STATES = frozenset({"loading", "loaded", "processing"})
-STOPPED_RUN_STATES = ("Cancelled", "Did not complete")
 # Timed-out batches are looked at again for as long as the instance keeps import sets (the
 # Import Set Deleter removes them after 7 days by default).
 IMPORT_SET_LIFETIME = timedelta(days=7)
 POLL_BACKOFF_MAX_S = 300.0
-_TARGET_STATES = frozenset({"inserted", "updated"})
-_KNOWN_RESULT_STATES = {
-    s.value: s
-    for s in (RowState.INSERTED, RowState.UPDATED, RowState.IGNORED, RowState.SKIPPED, RowState.ERROR)
-}
-
-
-def _field(record: dict[str, Any], name: str) -> str:
-    """A Table API field as its value, whether or not display values were asked for."""
-    value = record.get(name, "")
-    if isinstance(value, dict):
-        value = value.get("value", "")
-    return "" if value is None else str(value)
-
-
-def _display(record: dict[str, Any], name: str) -> str:
-    value = record.get(name, "")
-    if isinstance(value, dict):
-        return str(value.get("display_value") or "")
-    return ""
+_ROW_STATES = {status: RowState(status) for status in ROW_STATUSES}
 
 
 def _chunks_by_rows(
-    items: list[tuple[BatchRecord, dict[str, Any]]], max_rows: int
-) -> Iterator[list[tuple[BatchRecord, dict[str, Any]]]]:
-    """Consecutive groups of batches holding at most ``max_rows`` rows (and POLL_CHUNK sets)
+    items: list[tuple[BatchRecord, ImportSetState]], max_rows: int
+) -> Iterator[list[tuple[BatchRecord, ImportSetState]]]:
+    """Consecutive groups of batches holding at most ``max_rows`` rows (and SET_CHUNK sets)
     together; a batch larger than that is a group of its own."""
-    chunk: list[tuple[BatchRecord, dict[str, Any]]] = []
+    chunk: list[tuple[BatchRecord, ImportSetState]] = []
     rows = 0
     for item in items:
-        if chunk and (rows + item[0].row_count > max_rows or len(chunk) >= POLL_CHUNK):
+        if chunk and (rows + item[0].row_count > max_rows or len(chunk) >= SET_CHUNK):
             yield chunk
             chunk, rows = [], 0
         chunk.append(item)
@@ -80,6 +50,19 @@ def _chunks_by_rows(
 
 def _every_row(batch: BatchRecord, message: str) -> list[RowResult]:
     return [RowResult(batch_index=i, state=RowState.ERROR, message=message) for i in range(batch.row_count)]
+
+
+def _row_result(outcome: RowOutcome) -> RowResult:
+    return RowResult(
+        batch_index=outcome.row,
+        state=_ROW_STATES.get(outcome.status, RowState.ERROR),
+        transform_map=outcome.transform_map,
+        target_table=outcome.target_table,
+        target_sys_id=outcome.target_sys_id,
+        display_value=outcome.display_value,
+        message=outcome.message,
+        staging_sys_id=outcome.staging_sys_id,
+    )
 
 
 class Results:
@@ -122,26 +105,22 @@ class Results:
             if (wanted is None or b.file_id in wanted)
             and (b.state == BatchState.POSTED or (b.posted_at or now) > now - IMPORT_SET_LIFETIME)
         ]
-        sets = self._import_sets(sorted({b.import_set_id for b in waiting if b.import_set_id}))
-        signature = tuple(sorted((i, _field(r, "state")) for i, r in sets.items()))
+        import_sets = self.ctx.client.import_sets
+        sets = import_sets.import_set_states(sorted({b.import_set_id for b in waiting if b.import_set_id}))
+        signature = tuple(sorted((i, s.state) for i, s in sets.items()))
         changed = signature != self._last_poll_signature or not waiting
         self._last_poll_signature = signature
         self.idle_poll_rounds = 0 if changed else self.idle_poll_rounds + 1
         # Transform history is asked only while nothing moves, every 4th quiet round: a stuck set
         # costs a query now and then, never one per set.
-        quiet = (
-            [i for i, r in sets.items() if _field(r, "state") in _WAITING_SET_STATES]
-            if self.idle_poll_rounds % 4 == 1
-            else []
-        )
-        stopped_runs = self._stopped_runs(quiet)
+        quiet = [i for i, s in sets.items() if s.may_still_process] if self.idle_poll_rounds % 4 == 1 else []
+        stopped_runs = import_sets.stopped_runs(quiet)
         touched: set[int] = set()
-        processed: list[tuple[BatchRecord, dict[str, Any]]] = []
+        processed: list[tuple[BatchRecord, ImportSetState]] = []
         for batch in waiting:
             found = sets.get(batch.import_set_id or "")
-            state = _field(found, "state") if found is not None else None
-            if state == "processed":
-                processed.append((batch, found or {}))
+            if found is not None and found.processed:
+                processed.append((batch, found))
                 continue
             try:
                 if batch.state == BatchState.TIMED_OUT:
@@ -150,13 +129,13 @@ class Results:
                     # Gone from the instance (cleaned up) or never visible: say so rather than wait forever.
                     self._record_missing_import_set(batch)
                     touched.add(batch.file_id)
-                elif state not in _WAITING_SET_STATES or batch.import_set_id in stopped_runs:
-                    assert found is not None
+                elif found is None:
+                    continue  # not sent yet
+                elif not found.may_still_process or batch.import_set_id in stopped_runs:
                     self._record_stopped_import_set(batch, found, stopped_runs.get(batch.import_set_id or ""))
                     progress.rows_finished(batch.row_count)
                     touched.add(batch.file_id)
                 elif self._transform_overdue(batch, now):
-                    assert found is not None
                     self._record_transform_timeout(batch, found)
                     progress.rows_finished(batch.row_count)
                     touched.add(batch.file_id)
@@ -190,38 +169,14 @@ class Results:
             finished.append(file_id)
         return finished
 
-    def _import_sets(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        sets: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(ids), POLL_CHUNK):
-            chunk = ids[start : start + POLL_CHUNK]
-            for record in self.ctx.client.query(
-                "sys_import_set", "sys_idIN" + ",".join(chunk), fields=["sys_id", "state", "number"]
-            ):
-                sets[_field(record, "sys_id")] = record
-        return sets
-
-    def _stopped_runs(self, import_set_ids: list[str]) -> dict[str, str]:
-        """Import sets whose transform history (sys_import_set_run) ended Cancelled or Did not complete."""
-        stopped: dict[str, str] = {}
-        for start in range(0, len(import_set_ids), POLL_CHUNK):
-            chunk = import_set_ids[start : start + POLL_CHUNK]
-            for run in self.ctx.client.query(
-                "sys_import_set_run",
-                "setIN" + ",".join(chunk) + "^stateIN" + ",".join(STOPPED_RUN_STATES),
-                fields=["set", "state"],
-            ):
-                stopped[_field(run, "set")] = _field(run, "state")
-        return stopped
-
     def _transform_overdue(self, batch: BatchRecord, now: datetime) -> bool:
         timeout = timedelta(seconds=self.ctx.config.instance.transform_timeout_s)
         return batch.posted_at is not None and now - batch.posted_at > timeout
 
     def _record_stopped_import_set(
-        self, batch: BatchRecord, record: dict[str, Any], run_state: str | None
+        self, batch: BatchRecord, found: ImportSetState, run_state: str | None
     ) -> None:
-        number = _field(record, "number") or batch.import_set_id
-        state = _field(record, "state")
+        number, state = found.number or batch.import_set_id, found.state
         if run_state:
             what = f"its transform history says {run_state!r} (import set state {state!r})"
         else:
@@ -234,11 +189,11 @@ class Results:
         log.warning("file=%s batch=%s import set %s %s", batch.file_id, batch.id, number, what)
         self.ctx.ledger.record_row_results(batch.id, _every_row(batch, message))
 
-    def _record_transform_timeout(self, batch: BatchRecord, record: dict[str, Any]) -> None:
+    def _record_transform_timeout(self, batch: BatchRecord, found: ImportSetState) -> None:
         timeout = self.ctx.config.instance.transform_timeout_s
-        number = _field(record, "number") or batch.import_set_id
+        number = found.number or batch.import_set_id
         message = (
-            f"not transformed within {timeout:g} s; import set {number} state {_field(record, 'state')!r}. "
+            f"not transformed within {timeout:g} s; import set {number} state {found.state!r}. "
             "The instance's transform scheduler may be stuck; a later poll records the real result "
             "if the set is processed"
         )
@@ -253,14 +208,14 @@ class Results:
         self.ctx.ledger.record_row_results(batch.id, _every_row(batch, message))
 
     def _record_processed(
-        self, processed: list[tuple[BatchRecord, dict[str, Any]]], progress: Progress
+        self, processed: list[tuple[BatchRecord, ImportSetState]], progress: Progress
     ) -> set[int]:
         """Record the results of processed import sets, read for many sets per query; returns
         the files touched."""
         ledger = self.ctx.ledger
         touched: set[int] = set()
         tables: dict[int, str] = {}  # each file's staging table, read once per round
-        by_table: dict[str, list[tuple[BatchRecord, dict[str, Any]]]] = {}
+        by_table: dict[str, list[tuple[BatchRecord, ImportSetState]]] = {}
         for batch, found in processed:
             if batch.file_id not in tables:
                 file = ledger.get_file(batch.file_id)
@@ -271,7 +226,11 @@ class Results:
             for chunk in _chunks_by_rows(items, RESULT_PAGE_ROWS):
                 batches = [batch for batch, _ in chunk]
                 try:
-                    staged = self._staging_rows(staging_table, batches)
+                    staged = self.ctx.client.import_sets.staging_results(
+                        staging_table,
+                        [batch.import_set_id or "" for batch in batches],
+                        expected_rows=sum(batch.row_count for batch in batches),
+                    )
                 except TransientError as exc:
                     if exc.context.get("reason") != "acl":
                         raise
@@ -296,7 +255,7 @@ class Results:
                             "recorded",
                             batch.file_id,
                             batch.id,
-                            _field(found, "number"),
+                            found.number,
                         )
                         self.completion.rewrite_report(batch.file_id)
                     else:
@@ -304,101 +263,39 @@ class Results:
                     touched.add(batch.file_id)
         return touched
 
-    def _staging_rows(
-        self, staging_table: str, batches: list[BatchRecord]
-    ) -> dict[str, list[dict[str, Any]]]:
-        """The staging rows of these import sets, by import set: one query (pages as large as the
-        rows expected, so no empty page follows), only the fields that carry a row's result."""
-        expected = sum(batch.row_count for batch in batches)
-        by_set: dict[str, list[dict[str, Any]]] = {}
-        for staging_row in self.ctx.client.query(
-            staging_table,
-            "sys_import_setIN" + ",".join(batch.import_set_id or "" for batch in batches),
-            fields=(*STAGING_RESULT_FIELDS, "sys_import_set"),
-            display_value="all",
-            page_size=max(1, min(expected, RESULT_PAGE_ROWS)),
-        ):
-            by_set.setdefault(_field(staging_row, "sys_import_set"), []).append(staging_row)
-        return by_set
-
     def transform_map_count(self, staging_table: str) -> int:
         if staging_table not in self._transform_maps:
-            count = self.ctx.client.count("sys_transform_map", f"source_table={staging_table}^active=true")
-            self._transform_maps[staging_table] = int(count) if isinstance(count, int) else 1
+            self._transform_maps[staging_table] = self.ctx.client.import_sets.active_transform_maps(
+                staging_table
+            )
         return self._transform_maps[staging_table]
 
-    def batch_outcomes(self, staging_table: str, staging_rows: list[dict[str, Any]]) -> list[RowResult]:
-        """Every row's result per transform map, from an import set's staging rows."""
-        several_maps = self.transform_map_count(staging_table) > 1
+    def batch_outcomes(self, staging_table: str, staged: list[RowOutcome]) -> list[RowResult]:
+        """Every row's result per transform map, from what an import set's staging rows hold."""
+        if self.transform_map_count(staging_table) <= 1:
+            return [_row_result(outcome) for outcome in staged]
         outcomes: list[RowResult] = []
-        for staging_row in staging_rows:
-            index = int(_field(staging_row, "sys_import_row") or -1)
-            staging_sys_id = _field(staging_row, "sys_id")
-            if several_maps:
-                outcomes.extend(self._results_per_map(staging_table, index, staging_sys_id))
-                continue
-            status = _field(staging_row, "sys_import_state")
-            outcomes.append(
-                RowResult(
-                    batch_index=index,
-                    state=_KNOWN_RESULT_STATES.get(status, RowState.ERROR),
-                    transform_map=_display(staging_row, "sys_transform_map") or None,
-                    target_table=_field(staging_row, "sys_target_table") or None,
-                    target_sys_id=(_field(staging_row, "sys_target_sys_id") or None)
-                    if status in _TARGET_STATES
-                    else None,
-                    display_value=(_display(staging_row, "sys_target_sys_id") or None)
-                    if status in _TARGET_STATES
-                    else None,
-                    message=_field(staging_row, "sys_import_state_comment")
-                    or (None if status in _KNOWN_RESULT_STATES else f"not transformed (state {status!r})"),
-                    staging_sys_id=staging_sys_id,
-                )
-            )
+        for row in staged:
+            outcomes.extend(self._results_per_map(staging_table, row))
         return outcomes
 
-    def _results_per_map(self, staging_table: str, index: int, staging_sys_id: str) -> list[RowResult]:
+    def _results_per_map(self, staging_table: str, row: RowOutcome) -> list[RowResult]:
         """Only the import GET gives one result per transform map."""
         try:
-            answer = self.ctx.client.import_row_result(staging_table, staging_sys_id)
+            per_map = self.ctx.client.import_sets.results_per_map(staging_table, row)
         except AuthError as exc:
             # 403: an ACL on the staging table hides the row's result from this user.
-            return [
-                RowResult(
-                    batch_index=index,
-                    state=RowState.ERROR,
-                    message=f"the result of staging row {staging_sys_id} cannot be read: {exc}",
-                    staging_sys_id=staging_sys_id,
-                )
-            ]
-        if answer is None:
-            return [
-                RowResult(
-                    batch_index=index,
-                    state=RowState.ERROR,
-                    message=f"staging row {staging_sys_id} of {staging_table} is gone from the "
-                    "instance (404: the Import Set Deleter removes import sets after 7 days by "
-                    "default), so its result is unknown; check the target table",
-                    staging_sys_id=staging_sys_id,
-                )
-            ]
-        outcomes = []
-        for result in answer.get("result", []):
-            status = str(result.get("status", ""))
-            outcomes.append(
-                RowResult(
-                    batch_index=index,
-                    state=_KNOWN_RESULT_STATES.get(status, RowState.ERROR),
-                    transform_map=result.get("transform_map"),
-                    target_table=result.get("table"),
-                    # Only inserted/updated rows name a target record; the others may
-                    # carry the staging row's own sys_id (notes §11).
-                    target_sys_id=result.get("sys_id") if status in _TARGET_STATES else None,
-                    display_value=result.get("display_value"),
-                    message=result.get("error_message")
-                    or result.get("status_message")
-                    or (None if status in _KNOWN_RESULT_STATES else f"unexpected status {status!r}"),
-                    staging_sys_id=staging_sys_id,
-                )
+            message = f"the result of staging row {row.staging_sys_id} cannot be read: {exc}"
+        else:
+            if per_map is not None:
+                return [_row_result(outcome) for outcome in per_map]
+            message = (
+                f"staging row {row.staging_sys_id} of {staging_table} is gone from the instance (404: the "
+                "Import Set Deleter removes import sets after 7 days by default), so its result is "
+                "unknown; check the target table"
             )
-        return outcomes
+        return [
+            RowResult(
+                batch_index=row.row, state=RowState.ERROR, message=message, staging_sys_id=row.staging_sys_id
+            )
+        ]

@@ -8,6 +8,7 @@ the poller) has its own ``requests.Session``: its own cookie and its own connect
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -22,6 +23,7 @@ from importer import __version__
 from importer.errors import InstanceError, TransientError
 
 from .auth import Authenticator, make_authenticator
+from .importsets import ImportSets
 from .responses import (
     Call,
     Endpoint,
@@ -100,6 +102,11 @@ class InstanceClient:
         with self._sessions_lock:
             self._sessions.append(session)
         return session
+
+    @functools.cached_property
+    def import_sets(self) -> ImportSets:
+        """Import sets, staging rows, staging columns and transform maps by name."""
+        return ImportSets(self)
 
     @property
     def _session(self) -> requests.Session:
