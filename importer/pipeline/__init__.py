@@ -18,11 +18,10 @@ whose answer was lost is looked for at the instance before anything is re-sent.
 from __future__ import annotations
 
 import threading
-from pathlib import Path, PurePosixPath
 
 from importer import inbox
 from importer.config import Config
-from importer.ledger import FileSummary, Ledger
+from importer.ledger import Ledger
 from importer.mapping import Mapping
 from importer.notifications import Notifier
 from importer.outbox import Answers
@@ -61,36 +60,27 @@ class Importer:
         stop_event: threading.Event | None = None,
         notifier: Notifier | None = None,
     ) -> None:
-        stop_event = stop_event or threading.Event()
-        answers = Answers(config, ledger, notifier)  # the outbox and notifications
-        self.ctx = Context(config, ledger, client, mappings, stop_event, answers)
+        self.config, self.ledger, self.client = config, ledger, client
+        self.stop_event = stop_event or threading.Event()
+        self.answers = Answers(config, ledger, notifier)  # the outbox and notifications
+        self.ctx = Context(config, ledger, client, mappings, self.stop_event, self.answers)
         self.taking = Taking(self.ctx)
         self.completion = Completion(self.ctx)
         self.results = Results(self.ctx, self.completion)
         self.waiting = Waiting(self.ctx, self.results)
         self.posting = Posting(self.ctx, self.taking, self.results, self.completion)
+        # The entry points the cli and the daemon call: each is its stage's own method.
+        self.record_file = self.taking.record_file
+        self.copy_in = self.taking.copy_in
+        self.quarantine_crashed_files = self.taking.quarantine_crashed_files
+        self.process_file = self.posting.process_file
+        self.post_files = self.posting.post_files
+        self.poll_results = self.results.poll_results
+        self.next_poll_delay = self.results.next_poll_delay
+        self.finish = self.waiting.finish
+        self.complete_file = self.completion.complete_file
         paths = config.paths
         inbox.ensure_private_dirs(paths.processing, paths.archive, paths.failed, paths.reports)
-
-    @property
-    def config(self) -> Config:
-        return self.ctx.config
-
-    @property
-    def ledger(self) -> Ledger:
-        return self.ctx.ledger
-
-    @property
-    def client(self) -> InstanceClient:
-        return self.ctx.client
-
-    @property
-    def stop_event(self) -> threading.Event:
-        return self.ctx.stop_event
-
-    @property
-    def answers(self) -> Answers:
-        return self.ctx.answers
 
     @property
     def mappings(self) -> dict[str, Mapping]:
@@ -100,58 +90,9 @@ class Importer:
     def mappings(self, mappings: dict[str, Mapping]) -> None:
         self.ctx.mappings = mappings  # the daemon reloads them: every stage sees the new ones
 
-    # -- taking ------------------------------------------------------------------------------
-
-    def record_file(
-        self,
-        path: Path,
-        relative: PurePosixPath,
-        *,
-        rerun_of: int | None = None,
-        rerun_scope: str | None = None,
-    ) -> int:
-        return self.taking.record_file(path, relative, rerun_of=rerun_of, rerun_scope=rerun_scope)
-
-    def copy_in(self, source: Path, *, mapping: str | None = None) -> int:
-        return self.taking.copy_in(source, mapping=mapping)
-
-    def quarantine_crashed_files(self, max_attempts: int) -> list[int]:
-        return self.taking.quarantine_crashed_files(max_attempts)
-
     # -- posting -----------------------------------------------------------------------------
 
     def mapping_for(self, file_id: int) -> Mapping:
         record = self.ledger.get_file(file_id)
         assert record is not None
         return self.posting.mapping_for(record)
-
-    def process_file(
-        self, file_id: int, progress: Progress | None = None, *, retry_parked_now: bool = False
-    ) -> PostOutcome:
-        return self.posting.process_file(file_id, progress, retry_parked_now=retry_parked_now)
-
-    def post_files(
-        self,
-        file_ids: list[int],
-        progress: Progress | None = None,
-        *,
-        workers: int,
-        retry_parked_now: bool = False,
-    ) -> None:
-        self.posting.post_files(file_ids, progress, workers=workers, retry_parked_now=retry_parked_now)
-
-    # -- results and the end -----------------------------------------------------------------
-
-    def poll_results(self, file_ids: list[int] | None = None, progress: Progress | None = None) -> list[int]:
-        return self.results.poll_results(file_ids, progress)
-
-    def next_poll_delay(self, poll_s: float) -> float:
-        return self.results.next_poll_delay(poll_s)
-
-    def finish(
-        self, file_ids: list[int], progress: Progress | None = None, *, wait: bool = True
-    ) -> list[FileSummary]:
-        return self.waiting.finish(file_ids, progress, wait=wait)
-
-    def complete_file(self, file_id: int) -> None:
-        self.completion.complete_file(file_id)
