@@ -32,7 +32,7 @@ from importer.config import Config
 from importer.errors import ConfigError, ImporterError, InputFileError, LedgerError, TransientError
 from importer.exit_codes import EXIT_FAILURE, EXIT_OK, exit_code_for
 from importer.ledger import BatchState, FileState
-from importer.ledger.states import UNSENT_FILE_STATES
+from importer.ledger.states import FINAL_FILE_STATES, UNSENT_FILE_STATES
 from importer.mapping import chain_groups
 from importer.mapping_files import load_mappings
 from importer.notify import SystemdNotifier
@@ -246,8 +246,7 @@ class Daemon:
     def _file_away_finished(self) -> None:
         """A file whose last state was recorded just before a crash, but not yet moved on."""
         processing = self.config.paths.processing.resolve()
-        finished = [FileState.DONE, FileState.DONE_WITH_ERRORS, FileState.DUPLICATE, FileState.REJECTED]
-        for record in self.rt.ledger.files_in_states(finished, mine=True):
+        for record in self.rt.ledger.files_in_states(FINAL_FILE_STATES, mine=True):
             path = Path(record.path)
             if record.rerun_of is not None or not path.is_file() or path.resolve().parent != processing:
                 continue
@@ -389,7 +388,7 @@ class Daemon:
         """Files left posting (a parked batch, or the instance down) are posted again when due;
         ``force``: now (run --once gives the instance one more chance before it exits)."""
         now = datetime.now(UTC)
-        for record in self.rt.ledger.files_in_states([FileState.POSTING, FileState.QUEUED], mine=True):
+        for record in self.rt.ledger.files_in_states(UNSENT_FILE_STATES, mine=True):
             if record.id in self._in_flight:
                 continue  # being posted right now
             parked = self.rt.ledger.batches(record.id, [BatchState.PARKED])

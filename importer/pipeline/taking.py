@@ -11,8 +11,8 @@ from pathlib import Path, PurePosixPath
 
 from importer import inbox
 from importer.errors import InputFileError
-from importer.ledger import FileRecord, FileState
-from importer.ledger.states import SENT_BATCH_STATES
+from importer.ledger import FileRecord
+from importer.ledger.states import SENT_BATCH_STATES, UNSENT_FILE_STATES
 from importer.pipeline.job import Context
 
 log = logging.getLogger("importer.pipeline")
@@ -81,7 +81,7 @@ class Taking:
         refused with that reason rather than resumed into the same end."""
         ledger = self.ctx.ledger
         quarantined = []
-        for record in ledger.files_in_states([FileState.QUEUED, FileState.POSTING], mine=True):
+        for record in ledger.files_in_states(UNSENT_FILE_STATES, mine=True):
             if record.attempts < max_attempts:
                 if record.attempts:
                     log.warning(
