@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from importer.config import Config
 from importer.ledger import FileRecord, FileState, Ledger
@@ -46,7 +46,11 @@ class Job:
 
     record: FileRecord
     mapping: Mapping
-    chain: Chain | None = None
+    # Where its next batch goes; the run_after is set when posting begins (see Posting).
+    chain: Chain = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.chain = Chain(run_after=None, multi_import_set_id=self.record.multi_import_set_id)
 
     @property
     def file_id(self) -> int:

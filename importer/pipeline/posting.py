@@ -24,7 +24,7 @@ from importer.ledger.states import SENT_BATCH_STATES
 from importer.mapping import Mapping, TranslatedRow, chain_groups
 from importer.mapping_files import find_mapping
 from importer.pipeline.completion import Completion
-from importer.pipeline.job import Chain, Context, Job, PostOutcome, Progress
+from importer.pipeline.job import Context, Job, PostOutcome, Progress
 from importer.pipeline.reading import prefetched, too_large_for_a_row, translated_rows
 from importer.pipeline.recovery import Recovery
 from importer.pipeline.results import Results
@@ -271,8 +271,8 @@ class Posting:
                 )
         self._refuse_keys_the_instance_would_drop(mapping)
         ledger.mark_posting(file_id)
-        chain = job.chain = self._chain_for(job)
-        if not self.recovery.resolve_unfinished_batches(job, chain, self._post_batch, retry_parked_now):
+        job.chain.run_after = self._run_after(job)
+        if not self.recovery.resolve_unfinished_batches(job, self._post_batch, retry_parked_now):
             return outcome  # parked: retried later
         max_bytes = self.ctx.config.instance.max_request_bytes
         batches = build_batches(self._rows_to_send(job), mapping.batch_rows, max_bytes)
@@ -293,7 +293,7 @@ class Posting:
                 # A stop was asked: what is recorded so far is consistent; the rest is sent on resume.
                 log.info("file=%s stopped before every batch was sent; the rest is sent on resume", file_id)
                 return outcome
-            if not self._post_batch(job, item, chain):
+            if not self._post_batch(job, item):
                 return outcome  # parked: retried later
             outcome.sent += len(item.rows)
             progress.rows_sent(len(item.rows))
@@ -326,8 +326,8 @@ class Posting:
         progress.rows_finished(sum(counts.values()))
         return PostOutcome(file_id, state)
 
-    def _chain_for(self, job: Job) -> Chain:
-        """Where the file's next batch goes in the run_after chain (read once per posting run)."""
+    def _run_after(self, job: Job) -> str | None:
+        """The import set the file's next batch must follow (read once per posting run)."""
         ledger = self.ctx.ledger
         previous = ledger.last_import_set(job.file_id)
         if previous is None:
@@ -338,9 +338,11 @@ class Posting:
             previous = ledger.chain_tail(
                 job.file_id, staging_table=job.mapping.staging_table, mappings=job.mapping.after
             )
-        return Chain(run_after=previous, multi_import_set_id=job.record.multi_import_set_id)
+        return previous
 
-    def _accepted(self, job: Job, chain: Chain, batch_id: int, import_set_id: str, multi_id: str) -> None:
+    def _accepted(self, job: Job, batch_id: int, import_set_id: str, multi_id: str) -> None:
+        """The batch is in this import set: the file's next batch follows it."""
+        chain = job.chain
         self.ctx.ledger.mark_batch_posted(batch_id, import_set_id, multi_id)
         self.results.set_posted()
         if chain.multi_import_set_id is None and multi_id:
@@ -348,9 +350,9 @@ class Posting:
             chain.multi_import_set_id = multi_id
         chain.run_after = import_set_id
 
-    def _post_batch(self, job: Job, batch: Batch, chain: Chain) -> bool:
+    def _post_batch(self, job: Job, batch: Batch) -> bool:
         """Send one batch; True when the instance took it (possibly split in parts)."""
-        ledger, file_id = self.ctx.ledger, job.file_id
+        ledger, file_id, chain = self.ctx.ledger, job.file_id, job.chain
         run_after = chain.run_after
         batch_id = ledger.open_batch(
             file_id,
@@ -376,12 +378,12 @@ class Posting:
                 return True
             first, second = split_batch(batch)
             log.info("file=%s batch split in two (%s rows): body too large", file_id, len(batch.rows))
-            return self._post_batch(job, first, chain) and self._post_batch(job, second, chain)
+            return self._post_batch(job, first) and self._post_batch(job, second)
         except AmbiguousResponse as exc:
             log.warning(
                 "file=%s batch=%s answer lost (%s); looking for it at the instance", file_id, batch_id, exc
             )
-            return self.recovery.resolve_lost_answer(job, batch_id, chain, self._post_batch, rows=batch.rows)
+            return self.recovery.resolve_lost_answer(job, batch_id, self._post_batch, rows=batch.rows)
         except TransientError as exc:
             ledger.park_batch(batch_id, str(exc), datetime.now(UTC) + PARK_DELAY)
             log.warning("file=%s batch=%s parked: %s", file_id, batch_id, exc)
@@ -389,7 +391,7 @@ class Posting:
         except ImporterError as exc:
             ledger.park_batch(batch_id, str(exc), datetime.now(UTC) + PARK_DELAY)
             raise
-        self._accepted(job, chain, batch_id, ref.import_set_id, ref.multi_import_set_id)
+        self._accepted(job, batch_id, ref.import_set_id, ref.multi_import_set_id)
         log.info(
             "file=%s batch=%s rows=%s import_set=%s run_after=%s",
             file_id,

@@ -13,15 +13,15 @@ from importer.errors import TransientError
 from importer.ledger import BatchState
 from importer.ledger.states import UNSETTLED_BATCH_STATES
 from importer.mapping import TranslatedRow
-from importer.pipeline.job import Chain, Context, Job
+from importer.pipeline.job import Context, Job
 from importer.pipeline.reading import translated_rows
 
 log = logging.getLogger("importer.pipeline")
 
-# Record that a batch's import set is known: (job, chain, batch id, import set, multi import set).
-Accept = Callable[[Job, Chain, int, str, str], None]
+# Record that a batch's import set is known: (job, batch id, import set, multi import set).
+Accept = Callable[[Job, int, str, str], None]
 # Send a batch again; True when the instance took it.
-Resend = Callable[[Job, Batch, Chain], bool]
+Resend = Callable[[Job, Batch], bool]
 
 
 class Recovery:
@@ -29,9 +29,7 @@ class Recovery:
         self.ctx = ctx
         self.accept = accept
 
-    def resolve_unfinished_batches(
-        self, job: Job, chain: Chain, resend: Resend, retry_parked_now: bool
-    ) -> bool:
+    def resolve_unfinished_batches(self, job: Job, resend: Resend, retry_parked_now: bool) -> bool:
         """Before sending more: settle batches a crash or a refusal left behind.
 
         ``posting`` batches may or may not have reached the instance; ``parked`` ones did not.
@@ -46,7 +44,7 @@ class Recovery:
                 ledger.abandon_batch(batch.id, f"parked ({batch.last_error}); rows sent again")
                 continue
             try:
-                if not self.resolve_lost_answer(job, batch.id, chain, resend, rows=None):
+                if not self.resolve_lost_answer(job, batch.id, resend, rows=None):
                     return False
             except TransientError:
                 return False
@@ -56,7 +54,6 @@ class Recovery:
         self,
         job: Job,
         batch_id: int,
-        chain: Chain,
         resend: Resend,
         *,
         rows: Iterable[TranslatedRow] | None,
@@ -78,7 +75,7 @@ class Recovery:
         )
         if found is not None:
             import_set_id, multi_id = found
-            self.accept(job, chain, batch_id, import_set_id, multi_id)
+            self.accept(job, batch_id, import_set_id, multi_id)
             log.info(
                 "file=%s batch=%s found at the instance as import set %s",
                 job.file_id,
@@ -90,7 +87,7 @@ class Recovery:
         if rows is None:
             return True
         again = Batch(rows=tuple(rows), body=encode_body([row.record or {} for row in rows]))
-        return resend(job, again, chain)
+        return resend(job, again)
 
     def _source_row(self, job: Job, number: int) -> TranslatedRow | None:
         rows = translated_rows(
