@@ -75,7 +75,7 @@ class Posting:
         self.taking = taking
         self.results = results
         self.completion = completion
-        self.recovery = Recovery(ctx, self._accepted)
+        self.recovery = Recovery(ctx, accept=self._accepted, resend=self._post_batch)
         self._unknown_keys: dict[str, list[str] | None] = {}
 
     # -- which mapping, which chain group ----------------------------------------------------
@@ -272,7 +272,7 @@ class Posting:
         self._refuse_keys_the_instance_would_drop(mapping)
         ledger.mark_posting(file_id)
         job.chain.run_after = self._run_after(job)
-        if not self.recovery.resolve_unfinished_batches(job, self._post_batch, retry_parked_now):
+        if not self.recovery.resolve_unfinished_batches(job, retry_parked_now):
             return outcome  # parked: retried later
         max_bytes = self.ctx.config.instance.max_request_bytes
         batches = build_batches(self._rows_to_send(job), mapping.batch_rows, max_bytes)
@@ -383,7 +383,7 @@ class Posting:
             log.warning(
                 "file=%s batch=%s answer lost (%s); looking for it at the instance", file_id, batch_id, exc
             )
-            return self.recovery.resolve_lost_answer(job, batch_id, self._post_batch, rows=batch.rows)
+            return self.recovery.resolve_lost_answer(job, batch_id, rows=batch.rows)
         except TransientError as exc:
             ledger.park_batch(batch_id, str(exc), datetime.now(UTC) + PARK_DELAY)
             log.warning("file=%s batch=%s parked: %s", file_id, batch_id, exc)

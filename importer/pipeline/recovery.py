@@ -25,11 +25,12 @@ Resend = Callable[[Job, Batch], bool]
 
 
 class Recovery:
-    def __init__(self, ctx: Context, accept: Accept) -> None:
+    def __init__(self, ctx: Context, *, accept: Accept, resend: Resend) -> None:
         self.ctx = ctx
         self.accept = accept
+        self.resend = resend
 
-    def resolve_unfinished_batches(self, job: Job, resend: Resend, retry_parked_now: bool) -> bool:
+    def resolve_unfinished_batches(self, job: Job, retry_parked_now: bool) -> bool:
         """Before sending more: settle batches a crash or a refusal left behind.
 
         ``posting`` batches may or may not have reached the instance; ``parked`` ones did not.
@@ -44,7 +45,7 @@ class Recovery:
                 ledger.abandon_batch(batch.id, f"parked ({batch.last_error}); rows sent again")
                 continue
             try:
-                if not self.resolve_lost_answer(job, batch.id, resend, rows=None):
+                if not self.resolve_lost_answer(job, batch.id, rows=None):
                     return False
             except TransientError:
                 return False
@@ -54,7 +55,6 @@ class Recovery:
         self,
         job: Job,
         batch_id: int,
-        resend: Resend,
         *,
         rows: Iterable[TranslatedRow] | None,
     ) -> bool:
@@ -87,7 +87,7 @@ class Recovery:
         if rows is None:
             return True
         again = Batch(rows=tuple(rows), body=encode_body([row.record or {} for row in rows]))
-        return resend(job, again)
+        return self.resend(job, again)
 
     def _source_row(self, job: Job, number: int) -> TranslatedRow | None:
         rows = translated_rows(
