@@ -15,8 +15,9 @@ durations through openpyxl's own date rules, ``000000`` zero-padded), booleans, 
 by their text, formulas by their cached value. Memory: the shared-strings table is held (any
 reader must), the sheet is not; each row's elements are dropped once it is read.
 
-Every part goes through ``iterparse``, which refuses a DTD before the parser sees it
-(entity expansion, "billion laughs"), and reads at most the size the zip directory declares.
+Every part goes through ``EventStream``, which refuses a DTD before the parser sees it
+(entity expansion, "billion laughs"); zipfile reads no more of a part than the zip directory
+declares (a part that inflates further fails its CRC check).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class Workbook:
             workbook = self._read_tree(book)
             properties = workbook.find(f"{MAIN}workbookPr")
             date1904 = properties is not None and properties.get("date1904", "").lower() in ("1", "true")
-            self._epoch = CALENDAR_MAC_1904 if date1904 else WINDOWS_EPOCH
+            self._date1904 = date1904
             self.worksheets = [  # chart sheets (and dialog or macro sheets) hold no rows
                 Sheet(sheet.get("name", ""), target)
                 for sheet in workbook.iter(f"{MAIN}sheet")
@@ -259,7 +260,7 @@ class Workbook:
             fmt_id = int(xf.get("numFmtId", "0"))
             fmt = custom[fmt_id] if fmt_id in custom else BUILTIN_FORMATS.get(fmt_id)
             if is_date_format(fmt):
-                converters[str(index)] = _date_text(self._epoch, is_timedelta_format(fmt))
+                converters[str(index)] = _date_text(self._date1904, is_timedelta_format(fmt))
             elif fmt and fmt != "General":
                 converters[str(index)] = _formatted_number(fmt)
         return converters
@@ -322,16 +323,18 @@ def _formatted_number(fmt: str) -> Callable[[str], str]:
     return lambda value: cell_text(cast_number(value), fmt)
 
 
-def _date_text(epoch: object, duration: bool) -> Callable[[str], str]:
-    @lru_cache(maxsize=4096)  # dates repeat (a start date, a month): each is worked out once
-    def text(value: str) -> str:
-        try:
-            moment = from_excel(cast_number(value), epoch, timedelta=duration)
-        except (OverflowError, ValueError):
-            return "#VALUE!"  # a serial outside the calendar: openpyxl reads it as this error
-        return cell_text(moment)
+def _date_text(date1904: bool, duration: bool) -> Callable[[str], str]:
+    return lambda value: _date_or_duration(value, date1904, duration)
 
-    return text
+
+@lru_cache(maxsize=4096)  # dates repeat (a start date, a month): each is worked out once
+def _date_or_duration(value: str, date1904: bool, duration: bool) -> str:
+    epoch = CALENDAR_MAC_1904 if date1904 else WINDOWS_EPOCH
+    try:
+        moment = from_excel(cast_number(value), epoch, timedelta=duration)
+    except (OverflowError, ValueError):
+        return "#VALUE!"  # a serial outside the calendar: openpyxl reads it as this error
+    return cell_text(moment)
 
 
 def column_index(letters: str) -> int:

@@ -396,3 +396,20 @@ def _rewrite(path, part: str, edit) -> None:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in parts.items():
             archive.writestr(name, data)
+
+
+def test_iso_date_cells_and_a_workbook_without_styles(write_xlsx):
+    """Some generators store dates as ISO text (t="d") and write no styles part at all."""
+    path = write_xlsx("iso.xlsx", [["day", "n"], ["x", 1.5]])
+    _rewrite(
+        path,
+        "xl/worksheets/sheet1.xml",
+        lambda xml: re.sub(r'<c r="A2"[^>]*>.*?</c>', '<c r="A2" t="d"><v>2024-03-01T10:00:00</v></c>', xml),
+    )
+    with zipfile.ZipFile(path) as archive:
+        parts = {name: archive.read(name) for name in archive.namelist() if name != "xl/styles.xml"}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in parts.items():
+            archive.writestr(name, data)
+    with open_source(path) as source:
+        assert [row.values for row in source] == [{"day": "2024-03-01 10:00:00", "n": "1.5"}]
