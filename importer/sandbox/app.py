@@ -228,7 +228,8 @@ class SandboxApp:
             raise DropConnection()
         decision = self.faults.decide(kind)
         if decision.latency_s:
-            self.stopping.wait(decision.latency_s)
+            with self.engine.on_the_wire():
+                self.stopping.wait(decision.latency_s)
         if decision.status == 429:
             self.counters.add_fault("429")
             return error_response(

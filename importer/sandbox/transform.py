@@ -6,12 +6,14 @@ facts are silent the sandbox does what is hardest on a client, and says so in a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from operator import le
 from typing import Any
@@ -121,6 +123,7 @@ class TransformEngine:
         self._thread: threading.Thread | None = None
         self._busy_lock = threading.Lock()
         self._connections = 0  # HTTP requests being answered: the worker gives way to them
+        self._on_the_wire = 0  # of those, the ones spending their network latency (not the instance's time)
         self._quiet_since = 0.0
         self.staging = {name: self._compile(spec) for name, spec in store.staging.items()}
 
@@ -214,6 +217,19 @@ class TransformEngine:
             self._connections -= 1
             self._quiet_since = time.monotonic()
 
+    @contextlib.contextmanager
+    def on_the_wire(self) -> Iterator[None]:
+        """A request's network latency: it is still in flight, but the instance's workers do not
+        give way to it (on an instance the network delays the answer, not the transforms)."""
+        with self._busy_lock:
+            self._on_the_wire += 1
+        try:
+            yield
+        finally:
+            with self._busy_lock:
+                self._on_the_wire -= 1
+                self._quiet_since = time.monotonic()
+
     def requests_in_flight(self) -> int:
         """HTTP requests being served now (one reading this over HTTP counts itself)."""
         with self._busy_lock:
@@ -221,7 +237,8 @@ class TransformEngine:
 
     def _api_busy(self) -> bool:
         with self._busy_lock:
-            return self._connections > 0 or time.monotonic() - self._quiet_since < QUIET_S
+            serving = self._connections - self._on_the_wire
+            return serving > 0 or time.monotonic() - self._quiet_since < QUIET_S
 
     def _work(self) -> None:
         while not self._stop.is_set():
