@@ -185,9 +185,9 @@ def test_a_mail_server_that_never_answers_delays_no_import_and_failures_are_coun
         # The second file went through while the first e-mail still hangs (for up to 60 s).
         assert [f["state"] for f in files] == ["done", "done_with_errors"]
         assert len(held) == 1, "the mail thread was still waiting on the first message"
-        assert sorted(p.name for p in host.outbox.iterdir()) == sorted(
-            f"{f['id']}-{f['name']}.report.{kind}" for f in files for kind in ("csv", "html")
-        )
+        # The reports are written once the ledger says final: wait for them, not only for that.
+        reports = sorted(f"{f['id']}-{f['name']}.report.{kind}" for f in files for kind in ("csv", "html"))
+        wait_until(lambda: sorted(p.name for p in host.outbox.iterdir()) == reports, 30, "the reports")
 
         # The webhook (its own thread) gave up on both files, and said so in the log and metrics.
         metrics = host.metrics_url()
