@@ -130,6 +130,13 @@ code, out, args = sys.argv[1], sys.argv[2], sys.argv[3:]
 if code:
     sys.path.insert(0, code)
 def report():
+    # The reading processes are forked by multiprocessing's forkserver, which reaps them: stop it
+    # and wait for it, so their CPU counts among this process's children.
+    from multiprocessing import forkserver
+    try:
+        forkserver._forkserver._stop()
+    except OSError:  # its socket's folder was already removed at exit: it was waited for first
+        pass
     t = os.times()
     hwm = 0.0
     with open("/proc/self/status") as status:
@@ -138,7 +145,7 @@ def report():
                 hwm = int(line.split()[1]) / 1024
     import importer
     with open(out, "w") as f:
-        cpu = t.user + t.system + t.children_user + t.children_system  # children: the reader process
+        cpu = t.user + t.system + t.children_user + t.children_system  # children: the reading processes
         json.dump({"cpu_s": cpu, "peak_rss_mb": hwm, "module": importer.__file__}, f)
 atexit.register(report)
 from importer.cli import main
