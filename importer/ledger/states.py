@@ -46,9 +46,6 @@ class RowState(StrEnum):
     INVALID = "invalid"  # failed the mapping's own checks, never sent
 
 
-RESULT_STATES = frozenset(
-    {RowState.INSERTED, RowState.UPDATED, RowState.IGNORED, RowState.SKIPPED, RowState.ERROR}
-)
 FAILED_ROW_STATES = frozenset({RowState.ERROR, RowState.INVALID})
 
 # When a staging table has several transform maps a row gets one result per map; its own

@@ -36,10 +36,6 @@ except ImportError:  # pragma: no cover - depends on the platform's wheel
 EXPLAIN_MAX_BYTES = 16 * 1024 * 1024
 
 
-class _TooDeep(Exception):
-    pass
-
-
 class JsonSource(RowSource):
     kind = "json"
 

@@ -146,10 +146,6 @@ def retry_after_s(response: requests.Response, *, now: float | None = None) -> f
     return None
 
 
-def is_success(response: requests.Response) -> bool:
-    return 200 <= response.status_code < 300
-
-
 def is_no_record_found(response: requests.Response) -> bool:
     """A v1-style Table API answer to a query that matched nothing (404 "No Record found")."""
     return response.status_code == 404 and "no record found" in error_body(response).message.lower()
@@ -313,31 +309,6 @@ def _classify_token_failure(
         status=status,
         **context,
     )
-
-
-def json_body(response: requests.Response, call: Call) -> Any:
-    """The JSON of a success response. A body that is not JSON means the URL does not lead to
-    the REST API (a login page, a proxy); for a change it may also have been committed."""
-    try:
-        return decoded(response)
-    except ValueError as exc:
-        excerpt = _text_excerpt(response, 120)
-        context: dict[str, Any] = {"instance": call.instance, "table": call.table, "action": call.action}
-        if not call.idempotent:
-            raise AmbiguousResponse(
-                f"{call.instance} answered {response.status_code} to {call.what} with a body that is "
-                f"not JSON ({excerpt!r}); it may have stored the records. Look the import set up "
-                "before sending them again, and check [instance] url.",
-                status=response.status_code,
-                **context,
-            ) from exc
-        raise InstanceError(
-            f"{call.instance} answered {response.status_code} to {call.what} with a body that is not "
-            f"JSON ({excerpt!r}): check [instance] url (it must be the instance itself, not a login "
-            "page or proxy).",
-            status=response.status_code,
-            **context,
-        ) from exc
 
 
 _BODY_EXCEEDS = re.compile(r"\b(body|request|payload|content)\b.{0,40}\b(too large|exceeds?)\b")

@@ -20,7 +20,6 @@ from importer.servicenow.responses import (
     has_import_set_id,
     has_result_list,
     is_no_record_found,
-    json_body,
     retry_after_s,
     validated_body,
 )
@@ -318,15 +317,6 @@ def test_no_record_found() -> None:
         make_response(404, sn_error("No Record found", "Records matching query not found"))
     )
     assert not is_no_record_found(make_response(404, b"<html>Not Found</html>"))
-
-
-def test_json_body_not_json() -> None:
-    login_page = make_response(200, b"<html><title>Log in | ServiceNow</title></html>")
-    with pytest.raises(InstanceError, match=r"not JSON .*\[instance\] url") as caught:
-        json_body(login_page, TABLE)
-    assert not isinstance(caught.value, TransientError)
-    with pytest.raises(AmbiguousResponse):
-        json_body(login_page, IMPORT)
 
 
 def test_import_read_404_is_the_callers_business() -> None:
