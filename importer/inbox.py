@@ -48,6 +48,7 @@ MAX_NAME_BYTES = 200
 _HASH_CHUNK = 1024 * 1024
 # OWASP "CSV injection": a cell starting with one of these is a formula to Excel / LibreOffice.
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_FIRST = frozenset(_FORMULA_PREFIXES)
 
 
 class FileChangedError(ImporterError):
@@ -420,14 +421,19 @@ def write_report(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str,
 
 def _report_lines(columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> Iterator[list[str]]:
     for row in rows:
-        yield [excel_safe(row.get(column)) for column in columns]
+        yield list(map(excel_safe, map(row.get, columns)))
 
 
 def excel_safe(value: object) -> str:
     """A cell's text that a spreadsheet will show, not run: None is empty, and text that starts
     like a formula (= + - @ tab CR, or = + - @ after spaces) gets a leading apostrophe."""
-    cell = "" if value is None else str(value)
-    if cell.startswith(_FORMULA_PREFIXES) or cell.strip().startswith(_FORMULA_PREFIXES[:4]):
+    cell = "" if value is None else value if type(value) is str else str(value)
+    if not cell:
+        return cell
+    first = cell[0]
+    # Only a cell that starts with a formula character or with white space can look like one
+    # (a report writes 100,000s of cells: the usual one is decided by its first character).
+    if first in _FORMULA_FIRST or (first.isspace() and cell.strip().startswith(_FORMULA_PREFIXES[:4])):
         return "'" + cell
     return cell
 

@@ -280,18 +280,35 @@ class LedgerQueries(LedgerRoom):
         )
         # A report streams while the person reads it: it must not hold the write lock.
         with self.db.reading() as conn:
-            for row in conn.execution_options(yield_per=2000).execute(query):
+            # Plain tuples, unpacked: a Row's attribute access per column was a third of the
+            # report's CPU on 100,000 rows.
+            for (
+                file_id_,
+                source_row,
+                row_state,
+                row_message,
+                row_staging,
+                batch_import_set,
+                transform_map,
+                result_state,
+                target_table,
+                target_sys_id,
+                display_value,
+                result_message,
+                import_set_id,
+                staging_sys_id,
+            ) in conn.execution_options(yield_per=2000).execute(query).tuples():
                 yield {
-                    "file_id": row.file_id,
-                    "source_row": row.source_row,
-                    "state": row.result_state or row.row_state,
-                    "transform_map": row.transform_map or "",
-                    "target_table": row.target_table or "",
-                    "target_sys_id": row.target_sys_id or "",
-                    "display_value": row.display_value or "",
-                    "message": (row.result_message if row.result_state else row.row_message) or "",
-                    "import_set": row.import_set_id or row.batch_import_set or "",
-                    "staging_sys_id": row.staging_sys_id or row.row_staging or "",
+                    "file_id": file_id_,
+                    "source_row": source_row,
+                    "state": result_state or row_state,
+                    "transform_map": transform_map or "",
+                    "target_table": target_table or "",
+                    "target_sys_id": target_sys_id or "",
+                    "display_value": display_value or "",
+                    "message": (result_message if result_state else row_message) or "",
+                    "import_set": import_set_id or batch_import_set or "",
+                    "staging_sys_id": staging_sys_id or row_staging or "",
                 }
 
     # -- retention ---------------------------------------------------------------------------

@@ -53,15 +53,16 @@ def _every_row(batch: BatchRecord, message: str) -> list[RowResult]:
 
 
 def _row_result(outcome: RowOutcome) -> RowResult:
+    # Positional, in RowResult's field order: one per row and transform map, 100,000s per file.
     return RowResult(
-        batch_index=outcome.row,
-        state=_ROW_STATES.get(outcome.status, RowState.ERROR),
-        transform_map=outcome.transform_map,
-        target_table=outcome.target_table,
-        target_sys_id=outcome.target_sys_id,
-        display_value=outcome.display_value,
-        message=outcome.message,
-        staging_sys_id=outcome.staging_sys_id,
+        outcome.row,
+        _ROW_STATES.get(outcome.status, RowState.ERROR),
+        outcome.transform_map,
+        outcome.target_table,
+        outcome.target_sys_id,
+        outcome.display_value,
+        outcome.message,
+        outcome.staging_sys_id,
     )
 
 
