@@ -297,7 +297,7 @@ class LedgerQueries(LedgerRoom):
                 result_message,
                 import_set_id,
                 staging_sys_id,
-            ) in conn.execution_options(yield_per=2000).execute(query).tuples():
+            ) in conn.execution_options(yield_per=2000).execute(query):
                 yield {
                     "file_id": file_id_,
                     "source_row": source_row,
