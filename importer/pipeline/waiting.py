@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 from importer.ledger import BatchState, FileSummary
@@ -10,7 +11,9 @@ from importer.ledger.states import UNSENT_FILE_STATES
 from importer.pipeline.job import Context, Progress
 from importer.pipeline.results import Results
 
-# A poll round in which a set changed state is followed by another this soon.
+# A poll round in which a set changed state is followed by another this soon after it began (a
+# round that read many results took longer: the next one starts at once, while the last sets of
+# the chain, posted during it, are most likely processed).
 PROMPT_POLL_S = 0.2
 # A command waiting for its files polls at least this often, whatever daemon.poll_s says.
 COMMAND_POLL_MAX_S = 2.0
@@ -37,17 +40,22 @@ class Waiting:
         deadline = None if timeout_s is None else datetime.now(UTC) + timedelta(seconds=timeout_s)
         delay = min(PROMPT_POLL_S, poll_s)
         while True:
+            round_started = time.monotonic()
             self.results.poll_results(file_ids, progress)
             if all(self.results_complete(file_id) for file_id in file_ids):
                 return True
             if deadline is not None and datetime.now(UTC) >= deadline:
                 return False
-            if self.ctx.stop_event.wait(delay):
-                return False
             # Quick answers while sets move (a set about to finish is looked at again soon, not
             # one full interval later), the configured pace, slower while nothing changes.
             moving = self.results.idle_poll_rounds == 0
-            delay = PROMPT_POLL_S if moving else min(delay * 2, self.results.next_poll_delay(poll_s))
+            if moving:
+                delay = PROMPT_POLL_S
+                pause = max(0.0, delay - (time.monotonic() - round_started))
+            else:
+                delay = pause = min(delay * 2, self.results.next_poll_delay(poll_s))
+            if self.ctx.stop_event.wait(pause):
+                return False
 
     def finish(
         self, file_ids: list[int], progress: Progress | None = None, *, wait: bool = True
