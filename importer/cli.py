@@ -130,12 +130,12 @@ def _duration(seconds: int) -> str:
 
 
 def _progress(enabled: bool) -> Any:
-    from tqdm import tqdm
-
     from importer.pipeline import Progress
 
     if not enabled:
         return None, Progress()
+    from tqdm import tqdm
+
     sent = tqdm(desc="rows sent", unit="row", file=sys.stderr, position=0)
     done = tqdm(desc="rows with results", unit="row", file=sys.stderr, position=1)
     return (sent, done), Progress(rows_sent=sent.update, rows_finished=done.update)

@@ -16,15 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import smtplib
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
@@ -34,6 +31,10 @@ from importer import __version__
 from importer.config import NotifyConfig
 from importer.inbox import safe_name
 from importer.report_page import ReportSummary, _ordered
+
+if TYPE_CHECKING:  # e-mail's modules are loaded by the first e-mail, not by every command
+    import smtplib
+    from email.message import EmailMessage
 
 log = logging.getLogger("importer.notifications")
 
@@ -179,6 +180,9 @@ class Notifier:
     def _email(
         self, summary: ReportSummary, html: str | None, answer: Path | None, to: list[str]
     ) -> EmailMessage:
+        from email.message import EmailMessage
+        from email.utils import formatdate, make_msgid
+
         message = EmailMessage()
         message["Subject"] = _one_line(f"importer: {summary.one_line()}", 200)
         message["From"] = self.config.from_address
@@ -197,6 +201,8 @@ class Notifier:
         return message
 
     def _send_email(self, message: EmailMessage) -> None:
+        import smtplib
+
         config = self.config
         host, port, timeout = config.smtp_host or "", config.port, config.timeout_s
         smtp: smtplib.SMTP
