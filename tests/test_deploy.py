@@ -331,11 +331,12 @@ def test_install_script_makes_an_outbox_the_drop_group_can_read_and_nobody_else(
 _WRITE_AS_THE_SERVICE = """
 import os, sys
 from pathlib import Path
-from importer.outbox import Outbox, write_answer
+from importer.inbox import ensure_dirs
+from importer.outbox import DIR_MODE, write_answer
 os.umask(0o077)
-outbox = Outbox(Path(sys.argv[1]))
-outbox._ensure_folder(outbox.root / "hr")
-write_answer(outbox.root / "hr" / "1-x.csv.report.html", lambda out: out.write(b"<p>ok</p>"))
+folder = Path(sys.argv[1]) / "hr"
+ensure_dirs(folder, DIR_MODE, keep_setgid=True)  # as Outbox.write_finished makes a dropper's folder
+write_answer(folder / "1-x.csv.report.html", lambda out: out.write(b"<p>ok</p>"))
 """
 
 
