@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from importer.ledger.states import BatchState, FileState, RowState
 
@@ -73,9 +73,10 @@ class BatchRecord:
     posted_at: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RowResult:
-    """One transform map's outcome for one staging row, as the instance reported it."""
+class RowResult(NamedTuple):
+    """One transform map's outcome for one staging row, as the instance reported it. A named
+    tuple, not a frozen dataclass: one is made per row and transform map (100,000s per file), and
+    a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``."""
 
     batch_index: int  # sys_import_row
     state: RowState

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from importer.servicenow.client import InstanceClient
@@ -88,10 +88,10 @@ class ImportSetState:
         return self.state in WAITING_SET_STATES
 
 
-@dataclass(frozen=True, slots=True)
-class RowOutcome:
+class RowOutcome(NamedTuple):
     """One transform map's outcome for one staging row, as the instance reports it. ``status``
-    is one of ROW_STATUSES, or whatever else the instance said (then ``message`` says so)."""
+    is one of ROW_STATUSES, or whatever else the instance said (then ``message`` says so). A
+    named tuple (one per staging row: a frozen dataclass's ``__init__`` costs several times more)."""
 
     row: int  # sys_import_row: the row's place in its batch
     staging_sys_id: str
