@@ -13,22 +13,14 @@ from pathlib import Path
 import requests
 
 from importer.sandbox.defaults import IMPORT_PASSWORD, IMPORT_USER
+from tests.commands import run_importer
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
 def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("IMPORTER_")}
-    clean.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "importer", *args],
-        cwd=cwd,
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_importer(*args, cwd=cwd, env=env)
 
 
 def quick_start_blocks() -> list[str]:

@@ -4,7 +4,6 @@ names the ledger and says what to do, never a traceback, and never touches the l
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -18,21 +17,14 @@ from importer.errors import LedgerFull
 from importer.ledger import BatchState, FileState, IllegalTransition, Ledger
 from importer.ledger.engine import HEAD_REVISION, MIGRATIONS
 from importer.ledger.transitions import BATCH_TRANSITIONS, FILE_TRANSITIONS
+from tests.commands import run_importer
 
 GUARD_S = 60  # no command here may take longer: a lock wait that never ends fails the test
 
 
 def importer(*args: str, cwd: Path, ledger: str) -> subprocess.CompletedProcess[str]:
     (cwd / "importer.toml").write_text(f'[instance]\nurl = "sandbox"\n[paths]\nledger = "{ledger}"\n')
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("IMPORTER_")}
-    return subprocess.run(
-        [sys.executable, "-m", "importer", *args],
-        cwd=cwd,
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=GUARD_S,
-    )
+    return run_importer(*args, cwd=cwd, timeout=GUARD_S)
 
 
 def one_line(result: subprocess.CompletedProcess[str]) -> str:
